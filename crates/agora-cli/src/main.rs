@@ -1,0 +1,3 @@
+//! The `agora` binary.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Training-data builders: corpora to SFT, DPO and KTO examples, and seeded grouped splits.

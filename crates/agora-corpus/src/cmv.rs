@@ -1,0 +1,1 @@
+//! Tan et al. 2016 r/changemyview `*.jsonlist`: reply trees, deltas, footnote removal.

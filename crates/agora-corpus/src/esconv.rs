@@ -1,0 +1,1 @@
+//! thu-coai ESConv.json: support strategies normalised, survey scores, feedback.

@@ -1,0 +1,1 @@
+//! Parquet exports of conversations (one row per turn) and of training examples.

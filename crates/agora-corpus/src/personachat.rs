@@ -1,0 +1,1 @@
+//! Persona-Chat / ConvAI2 `*_original_no_cands.txt` and its `self`/`revised` variants.

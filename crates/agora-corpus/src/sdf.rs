@@ -1,0 +1,1 @@
+//! Synthetic Discussion Framework inputs (personas, topics, instructions, configs) and outputs.

@@ -1,0 +1,1 @@
+//! TRL dataset files (JSONL): `messages`, `prompt`/`completion`, preference and KTO formats.

@@ -1,0 +1,1 @@
+//! The workspace store (SQLite): the only crate that writes SQL.
