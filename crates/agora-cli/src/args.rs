@@ -1,0 +1,208 @@
+//! Command-line declarations (clap). Every flag has a doc comment: `--help` is the
+//! first manual. Nothing here does work; `settings.rs` resolves, `commands/` runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// agora: corpora, training data, fine-tuning, simulations and judging for research on
+/// conversational language-model agents.
+#[derive(Debug, Parser)]
+#[command(name = "agora", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Workspace folder holding the store (agora.sqlite) and outputs.
+    #[arg(long, short = 'w', global = true, env = "AGORA_WORKSPACE", default_value = ".")]
+    pub workspace: PathBuf,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a workspace (folder and store).
+    Init,
+    /// Import a corpus file or folder into the workspace store (idempotent).
+    Import(ImportArgs),
+    /// List the corpora and collections in the workspace.
+    Corpora,
+    /// Print one conversation.
+    Show(ShowArgs),
+    /// Statistics of one corpus or of the whole workspace.
+    Stats(StatsArgs),
+    /// Build training data (TRL JSONL) from a corpus, split into train/validation/test.
+    Build(BuildArgs),
+    /// Export a corpus to another format (ConvoKit, Parquet, agora JSONL).
+    Export(ExportArgs),
+    /// Measure throughput (MB/s) and peak memory of agora's hot paths.
+    Bench(BenchArgs),
+    /// Run the main job on the bundled examples: import, build and export.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// r/changemyview, Tan et al. 2016 `*.jsonlist` (plain, .gz, .bz2).
+    Cmv,
+    /// thu-coai ESConv.json.
+    Esconv,
+    /// Persona-Chat / ConvAI2 `*_original_no_cands.txt` and variants.
+    Personachat,
+    /// Synthetic Discussion Framework conversation output JSON (file or folder).
+    Sdf,
+    /// SDF persona JSON files (file or folder), stored as a persona collection.
+    SdfPersonas,
+    /// Text files of a folder (SDF topics or instructions), stored as a text collection.
+    SdfTexts,
+    /// SDF annotation output JSON (file or folder), stored as annotations.
+    SdfAnnotations,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The input format.
+    #[arg(value_enum)]
+    pub format: ImportFormat,
+    /// The file or folder to import.
+    pub path: PathBuf,
+    /// Corpus or collection name in the store (default: the format's name for corpora,
+    /// the folder or file name for collections).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Skip records that fail to parse, counting and reporting each, instead of stopping.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// ESConv: merge consecutive messages of the same speaker into one turn.
+    #[arg(long)]
+    pub merge_consecutive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Conversation id, as `agora corpora`/`agora stats` name them (`<corpus>:<original id>`).
+    pub id: String,
+    /// Show at most this many turns.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only this corpus (default: every corpus in the workspace).
+    #[arg(long)]
+    pub corpus: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuildKind {
+    /// Supervised fine-tuning chats (CMV delta winners, ESConv strategy-conditioned
+    /// supporter replies, Persona-Chat persona-conditioned replies).
+    Sft,
+    /// Preference pairs: delta-winning reply (chosen) against a non-delta reply (rejected). CMV only.
+    Dpo,
+    /// Unpaired preference data (KTO): delta winners labelled true, other replies false. CMV only.
+    Kto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SftLayout {
+    /// {"messages": [...]}
+    Messages,
+    /// {"prompt": ..., "completion": ...}
+    PromptCompletion,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// What to build.
+    #[arg(value_enum)]
+    pub kind: BuildKind,
+    /// The corpus to build from.
+    #[arg(long)]
+    pub corpus: String,
+    /// Output folder; receives train.jsonl, validation.jsonl, test.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Train, validation and test fractions; examples of one conversation stay in one split.
+    #[arg(long, default_value = "0.8,0.1,0.1")]
+    pub split: String,
+    /// Seed for splits and negative sampling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// SFT layout.
+    #[arg(long, value_enum, default_value_t = SftLayout::Messages)]
+    pub layout: SftLayout,
+    /// Write prompts and completions as plain strings instead of message lists
+    /// (TRL's "standard" rather than "conversational" format).
+    #[arg(long)]
+    pub standard: bool,
+    /// DPO/KTO: how many non-delta replies to sample per delta-winning reply.
+    #[arg(long, default_value_t = 1)]
+    pub negatives: usize,
+    /// A system prompt put first in every example (CMV).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// CMV: count deltas from any giver, not only from the original poster.
+    #[arg(long)]
+    pub any_giver: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A ConvoKit corpus folder (utterances.jsonl, speakers.json, conversations.json, corpus.json, index.json).
+    Convokit,
+    /// One Parquet file, one row per turn.
+    Parquet,
+    /// agora's own JSONL: one conversation per line, as stored.
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The output format.
+    #[arg(value_enum)]
+    pub format: ExportFormat,
+    /// The corpus to export.
+    #[arg(long)]
+    pub corpus: String,
+    /// Output path (a folder for ConvoKit, a file otherwise).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// CMV jsonlist: parse + tree rebuild + delta detection, then the full import into a store.
+    Cmv,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub target: BenchTarget,
+    /// Size of the generated input in MB (ignored with --input).
+    #[arg(long, default_value_t = 200)]
+    pub size_mb: u64,
+    /// Measure this file instead of a generated one.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Seed of the generated input.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Folder with the example inputs (default: the repository's `examples/data`).
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
+}

@@ -1,0 +1,29 @@
+//! One file per command; `run` resolves settings and dispatches.
+
+mod bench;
+mod build;
+mod corpora;
+mod export;
+mod import;
+mod init;
+mod quickstart;
+mod show;
+mod stats;
+
+use crate::args::{Cli, Command};
+use crate::settings::Settings;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&cli.global);
+    match cli.command {
+        Command::Init => init::run(&settings),
+        Command::Import(args) => import::run(&settings, &args),
+        Command::Corpora => corpora::run(&settings),
+        Command::Show(args) => show::run(&settings, &args),
+        Command::Stats(args) => stats::run(&settings, &args),
+        Command::Build(args) => build::run(&settings, &args),
+        Command::Export(args) => export::run(&settings, &args),
+        Command::Bench(args) => bench::run(&settings, &args),
+        Command::Quickstart(args) => quickstart::run(&settings, &args),
+    }
+}
