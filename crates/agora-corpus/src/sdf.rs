@@ -1,1 +1,0 @@
-//! Synthetic Discussion Framework inputs (personas, topics, instructions, configs) and outputs.
