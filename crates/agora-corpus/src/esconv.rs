@@ -38,7 +38,7 @@ pub fn import(
         sink,
         report: ImportReport::default(),
         next_index: 0,
-        position: StreamPosition::BeforeArray,
+        position: StreamPosition::NotStarted,
         failure: None,
     };
     let mut deserializer = serde_json::Deserializer::from_reader(&mut reader);
@@ -73,9 +73,9 @@ impl<R: Read> Read for CountingReader<R> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StreamPosition {
-    BeforeArray,
-    InArray,
-    AfterArray,
+    NotStarted,
+    ReadingElements,
+    Finished,
 }
 
 struct StreamState<'a, 'sink> {
@@ -103,7 +103,7 @@ impl<'de> Visitor<'de> for ConversationsVisitor<'_, '_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let state = self.state;
-        state.position = StreamPosition::InArray;
+        state.position = StreamPosition::ReadingElements;
         while let Some(record) = seq.next_element::<Value>()? {
             let index = state.next_index;
             if let Err(failure) = state.accept(index, &record) {
@@ -112,7 +112,7 @@ impl<'de> Visitor<'de> for ConversationsVisitor<'_, '_, '_> {
             }
             state.next_index += 1;
         }
-        state.position = StreamPosition::AfterArray;
+        state.position = StreamPosition::Finished;
         Ok(())
     }
 }
@@ -159,11 +159,11 @@ fn stream_error(
     }
     let mut location = Location::line(path, error.line() as u64);
     match state.position {
-        StreamPosition::BeforeArray => {}
-        StreamPosition::InArray => {
+        StreamPosition::NotStarted => {}
+        StreamPosition::ReadingElements => {
             location = location.with_record(format!("conversation {}", state.next_index));
         }
-        StreamPosition::AfterArray => {
+        StreamPosition::Finished => {
             message = format!("after the array of conversations: {message}");
         }
     }
@@ -177,13 +177,12 @@ struct Place<'a> {
 }
 
 impl Place<'_> {
+    fn location(&self) -> Location {
+        Location::file(self.path).with_record(format!("conversation {}", self.index))
+    }
+
     fn error(&self, field: impl Into<String>, message: impl Into<String>) -> CorpusError {
-        CorpusError::invalid(
-            Location::file(self.path)
-                .with_record(format!("conversation {}", self.index))
-                .with_field(field),
-            message,
-        )
+        CorpusError::invalid(self.location().with_field(field), message)
     }
 }
 
@@ -206,9 +205,7 @@ fn required_str<'v>(
 ) -> Result<&'v str, CorpusError> {
     match object.get(key) {
         Some(Value::String(text)) => Ok(text),
-        Some(other) => {
-            Err(place.error(field, format!("expected a string, found {}", type_name(other))))
-        }
+        Some(other) => Err(place.error(field, format!("expected a string, found {}", type_name(other)))),
         None => Err(place.error(field, "missing field")),
     }
 }
@@ -231,8 +228,8 @@ fn convert(
     report: &mut ImportReport,
 ) -> Result<Conversation, CorpusError> {
     let Value::Object(object) = record else {
-        return Err(place.error(
-            "(conversation)",
+        return Err(CorpusError::invalid(
+            place.location(),
             format!("expected an object, found {}", type_name(record)),
         ));
     };
@@ -241,10 +238,7 @@ fn convert(
         return Err(place.error("dialog", "missing field"));
     };
     let Value::Array(dialog) = dialog else {
-        return Err(place.error(
-            "dialog",
-            format!("expected an array, found {}", type_name(dialog)),
-        ));
+        return Err(place.error("dialog", format!("expected an array, found {}", type_name(dialog))));
     };
     let mut messages = Vec::with_capacity(dialog.len());
     for (message_index, message) in dialog.iter().enumerate() {
@@ -335,10 +329,8 @@ fn normalise_survey(value: &Value, report: &mut ImportReport) -> Value {
     }
     for (side, names) in EXPECTED_SURVEY_FIELDS {
         for name in names {
-            let present = sides
-                .get(side)
-                .and_then(Value::as_object)
-                .is_some_and(|answers| answers.contains_key(*name));
+            let present =
+                sides.get(side).and_then(Value::as_object).is_some_and(|answers| answers.contains_key(*name));
             if !present {
                 report.note(format!("survey_score.{side}.{name} missing"), 1);
             }
@@ -364,10 +356,7 @@ fn read_message(
 ) -> Result<Message, CorpusError> {
     let field = |name: &str| format!("dialog[{message_index}]{name}");
     let Value::Object(object) = message else {
-        return Err(place.error(
-            field(""),
-            format!("expected an object, found {}", type_name(message)),
-        ));
+        return Err(place.error(field(""), format!("expected an object, found {}", type_name(message))));
     };
     let raw_speaker = required_str(place, object, "speaker", &field(".speaker"))?;
     let (speaker, role) = map_speaker(raw_speaker).ok_or_else(|| {
@@ -426,10 +415,9 @@ fn read_message(
             }
         }
         Some(other) => {
-            return Err(place.error(
-                field(".annotation"),
-                format!("expected an object, found {}", type_name(other)),
-            ));
+            return Err(
+                place.error(field(".annotation"), format!("expected an object, found {}", type_name(other)))
+            );
         }
     }
     Ok(Message { speaker, role, text: text.to_string(), strategy, feedback, extra })
@@ -451,10 +439,7 @@ fn read_strategy(
 ) -> Result<Strategy, CorpusError> {
     let Some(found) = Strategy::from_label(label) else {
         let known: Vec<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
-        return Err(place.error(
-            field,
-            format!("unknown strategy {label:?} (known: {})", known.join(", ")),
-        ));
+        return Err(place.error(field, format!("unknown strategy {label:?} (known: {})", known.join(", "))));
     };
     if found.was_variant {
         report.note(format!("strategy \"{label}\" -> \"{}\"", found.strategy.name()), 1);
@@ -486,11 +471,7 @@ fn build_turns(messages: Vec<Message>, merge_consecutive: bool, report: &mut Imp
             message,
         });
     }
-    pending
-        .into_iter()
-        .enumerate()
-        .map(|(index, turn)| finish_turn(index, turn))
-        .collect()
+    pending.into_iter().enumerate().map(|(index, turn)| finish_turn(index, turn)).collect()
 }
 
 fn merge_into(turn: &mut PendingTurn, message: Message) {

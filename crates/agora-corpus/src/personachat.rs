@@ -66,7 +66,9 @@ fn import_file(
                 continue;
             }
         };
-        let Some((number, content)) = line else { continue };
+        let Some((number, content)) = line else {
+            continue;
+        };
         if number == 1 {
             if let Some(finished) = dialogue.take() {
                 deliver(finished, &file_name, &mut report, sink)?;
@@ -79,7 +81,9 @@ fn import_file(
             dialogues_started += 1;
         }
         // `read_line` refuses a number other than 1 before the first dialogue.
-        let Some(current) = dialogue.as_mut() else { continue };
+        let Some(current) = dialogue.as_mut() else {
+            continue;
+        };
         if let Err(error) = current.add(path, line_number, content, &mut report) {
             report.skip_or_fail(options.keep_going, error)?;
         }
@@ -99,10 +103,7 @@ fn import_file(
 /// `valid_both_original_no_cands` for `valid_both_original_no_cands.txt(.gz)`.
 fn file_stem(path: &Path) -> String {
     let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let without_compression = name
-        .strip_suffix(".gz")
-        .or_else(|| name.strip_suffix(".bz2"))
-        .unwrap_or(&name);
+    let without_compression = name.strip_suffix(".gz").or_else(|| name.strip_suffix(".bz2")).unwrap_or(&name);
     without_compression.strip_suffix(".txt").unwrap_or(without_compression).to_string()
 }
 
@@ -257,8 +258,7 @@ impl Dialogue {
     fn into_conversation(self, file_name: &Option<String>) -> Conversation {
         let persona = |name: &str, facts: Vec<String>| {
             // A side without persona lines (the `self`/`none` variants) has no known persona.
-            (!facts.is_empty())
-                .then(|| Persona { name: name.to_string(), facts, ..Persona::default() })
+            (!facts.is_empty()).then(|| Persona { name: name.to_string(), facts, ..Persona::default() })
         };
         let mut participants = vec![
             Participant {
