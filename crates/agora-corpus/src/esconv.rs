@@ -5,7 +5,7 @@
 //! next one is read, so memory holds one conversation at a time whatever the file size.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::path::Path;
 
 use agora_core::{Conversation, Meta, Participant, Role, Source, Strategy, Turn, TurnLabels};
@@ -41,10 +41,14 @@ pub fn import(
         position: StreamPosition::NotStarted,
         failure: None,
     };
-    let mut deserializer = serde_json::Deserializer::from_reader(&mut reader);
+    // serde_json reads byte by byte; std's `BufReader` serves those from its buffer
+    // without a call per byte, which the boxed reader from `input::open` cannot.
+    let buffered = BufReader::with_capacity(1 << 16, &mut reader);
+    let mut deserializer = serde_json::Deserializer::from_reader(buffered);
     let outcome = deserializer
         .deserialize_seq(ConversationsVisitor { state: &mut state })
         .and_then(|()| deserializer.end());
+    drop(deserializer);
     // A failure of our own (bad record, sink error) aborted the parse through a
     // placeholder serde error: report the real one.
     if let Some(failure) = state.failure.take() {
