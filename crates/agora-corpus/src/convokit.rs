@@ -12,7 +12,7 @@
 //!   order is reading order.
 //! - Turn labels (role, strategy, delta, gives_delta, feedback, extra labels) go to the
 //!   utterance meta; conversation meta, the source and the participants (with personas)
-//!   to the conversation meta.
+//!   to the conversation meta. Conversation-scoped speakers carry their persona too.
 //!
 //! Utterances are streamed to disk as conversations arrive; the speaker and conversation
 //! maps (one entry each) are kept and written by [`ConvokitWriter::finish`].
@@ -156,6 +156,14 @@ impl ConvokitWriter {
                 if per_conversation {
                     meta.insert("name".into(), Value::from(turn.speaker.clone()));
                     meta.insert("conversation_id".into(), Value::from(conversation.id.clone()));
+                    let persona = conversation
+                        .participants
+                        .iter()
+                        .find(|participant| participant.name == turn.speaker)
+                        .and_then(|participant| participant.persona.as_ref());
+                    if let Some(persona) = persona {
+                        meta.insert("persona".into(), serde_json::to_value(persona).unwrap_or(Value::Null));
+                    }
                 }
                 self.index.observe(ObjectType::Speaker, &meta);
                 self.speakers.insert(speaker.clone(), meta);
@@ -165,7 +173,7 @@ impl ConvokitWriter {
                 self.summary.extra_roots += 1;
             }
             let reply_to = parent.and_then(|parent| utterance_ids.get(parent as usize)).map(String::as_str);
-            let meta = utterance_meta(turn);
+            let meta = utterance_meta(turn, &utterance_ids);
             self.index.observe(ObjectType::Utterance, &meta);
             let record = UtteranceRecord {
                 id: &utterance_ids[position],
@@ -233,17 +241,23 @@ fn utterance_id(conversation_id: &str, position: usize) -> String {
 
 /// Utterance meta: fixed keys (null when absent, so every utterance has the same keys),
 /// then the open-ended labels; one whose name is taken is stored as `extra_<name>`.
-fn utterance_meta(turn: &agora_core::Turn) -> Meta {
+fn utterance_meta(turn: &agora_core::Turn, utterance_ids: &[String]) -> Meta {
     let labels = &turn.labels;
+    // The delta names the comment it was given in by turn index; ConvoKit users look
+    // utterances up by id, so that id is added as `given_in_utterance`.
+    let delta = labels.delta.as_ref().map_or(Value::Null, |delta| {
+        let mut value = serde_json::to_value(delta).unwrap_or(Value::Null);
+        if let (Value::Object(fields), Some(id)) = (&mut value, utterance_ids.get(delta.given_in as usize)) {
+            fields.insert("given_in_utterance".into(), Value::from(id.clone()));
+        }
+        value
+    });
     let mut meta = Meta::new();
     meta.insert("turn_index".into(), Value::from(turn.index));
     meta.insert("role".into(), Value::from(turn.role.as_str()));
     meta.insert("original_id".into(), turn.original_id.clone().map_or(Value::Null, Value::from));
     meta.insert("strategy".into(), labels.strategy.map_or(Value::Null, |strategy| Value::from(strategy.name())));
-    meta.insert(
-        "delta".into(),
-        labels.delta.as_ref().map_or(Value::Null, |delta| serde_json::to_value(delta).unwrap_or(Value::Null)),
-    );
+    meta.insert("delta".into(), delta);
     meta.insert("gives_delta".into(), Value::from(labels.gives_delta));
     meta.insert("feedback".into(), labels.feedback.clone().map_or(Value::Null, Value::from));
     for (key, value) in &labels.extra {

@@ -287,7 +287,8 @@ impl<'a> Thread<'a> {
         messages
     }
 
-    /// Whether `turn` may serve as a non-delta reply contrasted with `chosen`.
+    /// Whether `turn` may serve as a non-delta reply contrasted with `chosen` (the caller
+    /// also excludes the comments on `chosen`'s path, which are in its prompt).
     fn is_eligible_negative(&self, turn: &Turn, chosen: &Turn, config: &CmvBuildConfig) -> bool {
         let text = turn.text.trim();
         turn.index != 0
@@ -312,8 +313,11 @@ impl<'a> Thread<'a> {
         rng: &mut SplitMix64,
     ) -> Vec<(u32, NegativeSource)> {
         let Some(chosen) = self.conversation.turn(target) else { return Vec::new() };
+        // Comments on the target's own path are in its prompt: never a negative.
+        let on_path: HashSet<u32> = self.tree.path_to(target).into_iter().collect();
+        let excluded = |index: &u32| exclude.contains(index) || on_path.contains(index);
         let eligible = |index: &u32| {
-            !exclude.contains(index)
+            !excluded(index)
                 && self
                     .conversation
                     .turn(*index)
