@@ -256,7 +256,10 @@ fn utterance_meta(turn: &agora_core::Turn, utterance_ids: &[String]) -> Meta {
     meta.insert("turn_index".into(), Value::from(turn.index));
     meta.insert("role".into(), Value::from(turn.role.as_str()));
     meta.insert("original_id".into(), turn.original_id.clone().map_or(Value::Null, Value::from));
-    meta.insert("strategy".into(), labels.strategy.map_or(Value::Null, |strategy| Value::from(strategy.name())));
+    meta.insert(
+        "strategy".into(),
+        labels.strategy.map_or(Value::Null, |strategy| Value::from(strategy.name())),
+    );
     meta.insert("delta".into(), delta);
     meta.insert("gives_delta".into(), Value::from(labels.gives_delta));
     meta.insert("feedback".into(), labels.feedback.clone().map_or(Value::Null, Value::from));

@@ -225,7 +225,8 @@ impl ParquetExampleWriter {
     }
 
     pub fn write(&mut self, example: &ChatExample) -> Result<(), CorpusError> {
-        let messages = serde_json::to_string(&example.messages).map_err(|error| parquet_error(&self.path, error))?;
+        let messages =
+            serde_json::to_string(&example.messages).map_err(|error| parquet_error(&self.path, error))?;
         self.group.append_value(&example.group);
         self.messages_json.append_value(messages);
         self.meta_json.append_value(Value::Object(example.meta.clone()).to_string());
@@ -251,8 +252,8 @@ impl ParquetExampleWriter {
             Arc::new(self.messages_json.finish()),
             Arc::new(self.meta_json.finish()),
         ];
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), columns).map_err(|error| parquet_error(&self.path, error))?;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|error| parquet_error(&self.path, error))?;
         self.writer.write(&batch).map_err(|error| parquet_error(&self.path, error))?;
         self.rows += self.buffered as u64;
         self.buffered = 0;

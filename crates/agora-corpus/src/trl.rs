@@ -106,7 +106,9 @@ impl<W: Write> TrlWriter<W> {
     pub fn write_chat(&mut self, example: &ChatExample) -> Result<(), CorpusError> {
         let meta = self.meta(&example.meta);
         match (self.layout, self.conversational) {
-            (TrlLayout::Messages, true) => self.write_record(&MessagesRecord { messages: &example.messages, meta }),
+            (TrlLayout::Messages, true) => {
+                self.write_record(&MessagesRecord { messages: &example.messages, meta })
+            }
             (TrlLayout::Messages, false) => {
                 let text = flatten(&example.messages);
                 self.write_record(&TextRecord { text, meta })
@@ -282,11 +284,8 @@ mod tests {
 
     #[test]
     fn chat_layouts() {
-        let example = chat(vec![
-            Message::system("Be kind."),
-            Message::user("Ça va ?"),
-            Message::assistant("Oui ∆"),
-        ]);
+        let example =
+            chat(vec![Message::system("Be kind."), Message::user("Ça va ?"), Message::assistant("Oui ∆")]);
         check_chat(
             TrlLayout::Messages,
             true,

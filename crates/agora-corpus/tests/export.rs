@@ -11,8 +11,8 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use agora_core::{
-    ChatRole, Conversation, Delta, Message, Meta, Participant, Persona, Role, Source, SplitMix64,
-    Strategy, Turn, TurnLabels,
+    ChatRole, Conversation, Delta, Message, Meta, Participant, Persona, Role, Source, SplitMix64, Strategy,
+    Turn, TurnLabels,
 };
 use agora_corpus::build::cmv::{self, CmvBuildConfig};
 use agora_corpus::build::esconv::{self, EsconvBuildConfig};
@@ -164,7 +164,10 @@ mod fixtures {
                 Participant {
                     name: "self".into(),
                     role: Assistant,
-                    persona: Some(persona("self", &["i read twenty books a year.", "i go to the gym daily."])),
+                    persona: Some(persona(
+                        "self",
+                        &["i read twenty books a year.", "i go to the gym daily."],
+                    )),
                 },
             ],
             turns: vec![
@@ -203,7 +206,11 @@ const POST: &str = "CMV: Cats are better pets than dogs\n\nCats are independent,
 // ---------------------------------------------------------------------------------------
 // CMV builders
 
-fn check_sft(config: &CmvBuildConfig, expected_examples: &[Vec<(ChatRole, &str)>], expected_counts: &[(&str, u64)]) {
+fn check_sft(
+    config: &CmvBuildConfig,
+    expected_examples: &[Vec<(ChatRole, &str)>],
+    expected_counts: &[(&str, u64)],
+) {
     let mut stats = BuildStats::default();
     let examples = cmv::sft_examples(&cmv_thread(), config, &mut stats);
     let got: Vec<_> = examples.iter().map(|example| roles_and_contents(&example.messages)).collect();
@@ -250,7 +257,10 @@ fn cmv_sft_follows_the_thread_path() {
     check_sft(
         &config,
         &[
-            with_system(vec![(User, POST), (Assistant, "Dogs are loyal in a way cats are not. Café owners agree.")]),
+            with_system(vec![
+                (User, POST),
+                (Assistant, "Dogs are loyal in a way cats are not. Café owners agree."),
+            ]),
             with_system(vec![
                 (User, POST),
                 (Assistant, "Cats kill birds."),
@@ -334,7 +344,10 @@ fn cmv_dpo_negatives_are_never_winners_op_deleted_or_moderators() {
         for example in &examples {
             assert_valid_negative(&conversation, example);
             let chosen = example.meta["chosen_turn_index"].as_u64().unwrap();
-            rejected_seen.entry(chosen).or_default().insert(example.meta["rejected_turn_index"].as_u64().unwrap());
+            rejected_seen
+                .entry(chosen)
+                .or_default()
+                .insert(example.meta["rejected_turn_index"].as_u64().unwrap());
         }
         // alice (1) has two eligible top-level siblings (bob 4, dave 6); dave's reply 8 has
         // erin (9) as its only sibling, then top-level bob (dave's own 6 is in its prompt).
@@ -377,7 +390,8 @@ fn cmv_dpo_prefers_siblings_and_is_reproducible_per_seed() {
         assert_eq!(for_8[0].meta["chosen_original_id"], "c8");
         assert_eq!(for_8[0].meta["rejected_original_id"], "c9");
     }
-    let first_choices: HashSet<_> = (0..50).map(|seed| run(seed)[0].meta["rejected_turn_index"].clone()).collect();
+    let first_choices: HashSet<_> =
+        (0..50).map(|seed| run(seed)[0].meta["rejected_turn_index"].clone()).collect();
     assert_eq!(first_choices.len(), 2, "different seeds pick different negatives");
 }
 
@@ -390,12 +404,26 @@ fn cmv_dpo_counts_winners_without_negatives() {
         turn.index = position as u32;
     }
     // Re-point reply_to after the removal: 7's parent (6) is gone, so 7 becomes a top-level reply.
-    let parents: Vec<Option<u32>> = vec![None, Some(0), Some(1), Some(2), Some(0), Some(0), Some(5), Some(6), Some(5), Some(0), Some(0), Some(10)];
+    let parents: Vec<Option<u32>> = vec![
+        None,
+        Some(0),
+        Some(1),
+        Some(2),
+        Some(0),
+        Some(0),
+        Some(5),
+        Some(6),
+        Some(5),
+        Some(0),
+        Some(0),
+        Some(10),
+    ];
     for (turn, parent) in conversation.turns.iter_mut().zip(parents) {
         turn.reply_to = parent;
     }
     let mut stats = BuildStats::default();
-    let examples = cmv::dpo_examples(&conversation, &CmvBuildConfig::default(), &mut SplitMix64::new(1), &mut stats);
+    let examples =
+        cmv::dpo_examples(&conversation, &CmvBuildConfig::default(), &mut SplitMix64::new(1), &mut stats);
     assert!(examples.is_empty(), "{examples:?}");
     assert_eq!(stats.count("dpo: delta winners without any eligible negative"), 2, "{stats}");
 }
@@ -408,7 +436,8 @@ fn cmv_kto_labels_winners_and_samples_each_negative_once() {
         let mut stats = BuildStats::default();
         let examples: Vec<KtoExample> =
             cmv::kto_examples(&conversation, &config, &mut SplitMix64::new(seed), &mut stats);
-        let positives: Vec<_> = examples.iter().filter(|e| e.label).map(|e| e.meta["turn_index"].clone()).collect();
+        let positives: Vec<_> =
+            examples.iter().filter(|e| e.label).map(|e| e.meta["turn_index"].clone()).collect();
         assert_eq!(positives, vec![Value::from(1), Value::from(8)]);
         let negatives: Vec<u64> =
             examples.iter().filter(|e| !e.label).map(|e| e.meta["turn_index"].as_u64().unwrap()).collect();
@@ -501,11 +530,16 @@ fn persona_examples_per_turn_and_per_dialogue() {
     use ChatRole::{Assistant, System, User};
     let persona = "Your persona:\n- i read twenty books a year.\n- i go to the gym daily.";
     let mut stats = BuildStats::default();
-    let examples = personachat::persona_examples(&persona_dialogue(), &PersonaBuildConfig::default(), &mut stats);
+    let examples =
+        personachat::persona_examples(&persona_dialogue(), &PersonaBuildConfig::default(), &mut stats);
     check_chat_examples(
         &examples,
         &[
-            vec![(System, persona), (User, "hi, how are you?"), (Assistant, "great, i just got back from the gym.")],
+            vec![
+                (System, persona),
+                (User, "hi, how are you?"),
+                (Assistant, "great, i just got back from the gym."),
+            ],
             vec![
                 (System, persona),
                 (User, "hi, how are you?"),
@@ -515,7 +549,11 @@ fn persona_examples_per_turn_and_per_dialogue() {
             ],
         ],
     );
-    let whole = PersonaBuildConfig { one_per_dialogue: true, include_partner_persona: true, ..PersonaBuildConfig::default() };
+    let whole = PersonaBuildConfig {
+        one_per_dialogue: true,
+        include_partner_persona: true,
+        ..PersonaBuildConfig::default()
+    };
     let examples = personachat::persona_examples(&persona_dialogue(), &whole, &mut stats);
     let both = format!("{persona}\n\nYour partner's persona:\n- i love to cook.\n- i have two cats.");
     check_chat_examples(
@@ -544,7 +582,11 @@ fn sample_chat_examples() -> Vec<ChatExample> {
     let mut stats = BuildStats::default();
     let mut examples = cmv::sft_examples(&cmv_thread(), &CmvBuildConfig::default(), &mut stats);
     examples.extend(esconv::strategy_examples(&esconv_dialogue(), &EsconvBuildConfig::default(), &mut stats));
-    examples.extend(personachat::persona_examples(&persona_dialogue(), &PersonaBuildConfig::default(), &mut stats));
+    examples.extend(personachat::persona_examples(
+        &persona_dialogue(),
+        &PersonaBuildConfig::default(),
+        &mut stats,
+    ));
     examples
 }
 
@@ -554,7 +596,12 @@ fn sample_preferences() -> Vec<PreferenceExample> {
 }
 
 fn sample_kto() -> Vec<KtoExample> {
-    cmv::kto_examples(&cmv_thread(), &CmvBuildConfig::default(), &mut SplitMix64::new(7), &mut BuildStats::default())
+    cmv::kto_examples(
+        &cmv_thread(),
+        &CmvBuildConfig::default(),
+        &mut SplitMix64::new(7),
+        &mut BuildStats::default(),
+    )
 }
 
 /// Writes the sample set into `dir`; returns the names of its text files.
@@ -573,7 +620,9 @@ fn write_sample_set(dir: &Path) -> Vec<String> {
             TrlLayout::Messages | TrlLayout::PromptCompletion => {
                 chats.iter().for_each(|example| writer.write_chat(example).unwrap())
             }
-            TrlLayout::Preference => sample_preferences().iter().for_each(|e| writer.write_preference(e).unwrap()),
+            TrlLayout::Preference => {
+                sample_preferences().iter().for_each(|e| writer.write_preference(e).unwrap())
+            }
             TrlLayout::Unpaired => sample_kto().iter().for_each(|e| writer.write_kto(e).unwrap()),
         }
         assert_eq!(writer.finish().unwrap(), count as u64);
@@ -704,13 +753,18 @@ fn convokit_folder_is_consistent() {
     write_sample_set(temp.path());
     let dir = temp.path().join("convokit");
     let utterances = read_jsonl(&dir.join("utterances.jsonl"));
-    let read = |name: &str| -> Value { serde_json::from_str(&fs::read_to_string(dir.join(name)).unwrap()).unwrap() };
-    let (speakers, conversations, index) = (read("speakers.json"), read("conversations.json"), read("index.json"));
+    let read =
+        |name: &str| -> Value { serde_json::from_str(&fs::read_to_string(dir.join(name)).unwrap()).unwrap() };
+    let (speakers, conversations, index) =
+        (read("speakers.json"), read("conversations.json"), read("index.json"));
     let ids: HashMap<&str, &Value> = utterances.iter().map(|u| (u["id"].as_str().unwrap(), u)).collect();
     assert_eq!(ids.len(), utterances.len(), "utterance ids are unique");
     for utterance in &utterances {
         let keys: Vec<&str> = utterance.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["conversation_id", "id", "meta", "reply-to", "speaker", "text", "timestamp", "vectors"]);
+        assert_eq!(
+            keys,
+            ["conversation_id", "id", "meta", "reply-to", "speaker", "text", "timestamp", "vectors"]
+        );
         let conversation_id = utterance["conversation_id"].as_str().unwrap();
         // ConvoKit's convention: the conversation id is its root utterance's id.
         let root = ids[conversation_id];
@@ -743,7 +797,10 @@ fn convokit_folder_is_consistent() {
     assert_eq!(ids["esconv:0:3"]["reply-to"], "esconv:0:2");
     assert_eq!(ids["cmv:abc123:8"]["meta"]["delta"]["giver"], "op_user");
     assert_eq!(ids["cmv:abc123:8"]["meta"]["delta"]["given_in_utterance"], "cmv:abc123:10");
-    assert_eq!(speakers["personachat:train:0:self"]["meta"]["persona"]["facts"][0], "i read twenty books a year.");
+    assert_eq!(
+        speakers["personachat:train:0:self"]["meta"]["persona"]["facts"][0],
+        "i read twenty books a year."
+    );
     assert_eq!(ids["esconv:0:5"]["meta"]["strategy"], "Self-disclosure");
     assert_eq!(conversations["esconv:0"]["meta"]["emotion_type"], "anxiety");
     assert_eq!(index["version"], 1);
@@ -766,7 +823,8 @@ fn convokit_refuses_duplicate_and_empty_conversations() {
 // Parquet
 
 fn read_parquet(path: &Path) -> Vec<RecordBatch> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
     reader.map(Result::unwrap).collect()
 }
 
@@ -821,7 +879,9 @@ fn parquet_flushes_in_bounded_batches() {
     let path = temp.path().join("many.parquet");
     let mut long = esconv_dialogue();
     let template = long.turns[1].clone();
-    long.turns = (0..20_000u32).map(|index| Turn { index, text: format!("turn {index}"), ..template.clone() }).collect();
+    long.turns = (0..20_000u32)
+        .map(|index| Turn { index, text: format!("turn {index}"), ..template.clone() })
+        .collect();
     let mut writer = ParquetTurnWriter::new(&path).unwrap();
     writer.write(&long).unwrap();
     assert_eq!(writer.finish().unwrap(), 20_000);

@@ -53,8 +53,7 @@ pub fn is_deleted(turn: &Turn) -> bool {
 
 /// Whether a comment comes from a moderator or a bot (DeltaBot, AutoModerator).
 pub fn is_moderator(turn: &Turn) -> bool {
-    turn.role == Role::Moderator
-        || BOT_AUTHORS.iter().any(|bot| turn.speaker.eq_ignore_ascii_case(bot))
+    turn.role == Role::Moderator || BOT_AUTHORS.iter().any(|bot| turn.speaker.eq_ignore_ascii_case(bot))
 }
 
 /// SFT examples: one per delta-winning comment, the thread path as context and the
@@ -68,7 +67,9 @@ pub fn sft_examples(
     let thread = Thread::new(conversation);
     let mut examples = Vec::new();
     for target in thread.delta_targets(config, stats) {
-        let Some(turn) = conversation.turn(target) else { continue };
+        let Some(turn) = conversation.turn(target) else {
+            continue;
+        };
         let mut messages = thread.context(target, config, stats);
         push_merged(&mut messages, Message::assistant(turn.text.trim()));
         let mut meta = thread.turn_meta("", turn);
@@ -91,7 +92,9 @@ pub fn dpo_examples(
     let thread = Thread::new(conversation);
     let mut examples = Vec::new();
     for target in thread.delta_targets(config, stats) {
-        let Some(chosen_turn) = conversation.turn(target) else { continue };
+        let Some(chosen_turn) = conversation.turn(target) else {
+            continue;
+        };
         let negatives =
             thread.sample_negatives(target, config, config.negatives_per_positive, &HashSet::new(), rng);
         note_shortfall(stats, "dpo", negatives.len(), config.negatives_per_positive);
@@ -100,7 +103,9 @@ pub fn dpo_examples(
         }
         let prompt = thread.context(target, config, stats);
         for (rejected, source) in negatives {
-            let Some(rejected_turn) = conversation.turn(rejected) else { continue };
+            let Some(rejected_turn) = conversation.turn(rejected) else {
+                continue;
+            };
             let mut meta = thread.turn_meta("chosen_", chosen_turn);
             meta.extend(thread.turn_meta("rejected_", rejected_turn));
             meta.insert("negative_source".into(), Value::from(source.name()));
@@ -132,7 +137,9 @@ pub fn kto_examples(
     let mut examples = Vec::new();
     let mut used_negatives = HashSet::new();
     for target in thread.delta_targets(config, stats) {
-        let Some(turn) = conversation.turn(target) else { continue };
+        let Some(turn) = conversation.turn(target) else {
+            continue;
+        };
         let mut meta = thread.turn_meta("", turn);
         meta.insert("label_source".into(), Value::from("delta"));
         add_delta_meta(&mut meta, turn);
@@ -143,16 +150,13 @@ pub fn kto_examples(
             label: true,
             meta,
         });
-        let negatives = thread.sample_negatives(
-            target,
-            config,
-            config.kto_negatives_per_positive,
-            &used_negatives,
-            rng,
-        );
+        let negatives =
+            thread.sample_negatives(target, config, config.kto_negatives_per_positive, &used_negatives, rng);
         note_shortfall(stats, "kto", negatives.len(), config.kto_negatives_per_positive);
         for (negative, source) in negatives {
-            let Some(negative_turn) = conversation.turn(negative) else { continue };
+            let Some(negative_turn) = conversation.turn(negative) else {
+                continue;
+            };
             used_negatives.insert(negative);
             let mut meta = thread.turn_meta("", negative_turn);
             meta.insert("label_source".into(), Value::from(source.name()));
@@ -221,7 +225,9 @@ impl<'a> Thread<'a> {
     fn delta_targets(&self, config: &CmvBuildConfig, stats: &mut BuildStats) -> Vec<u32> {
         let mut targets = Vec::new();
         for turn in &self.conversation.turns {
-            let Some(delta) = &turn.labels.delta else { continue };
+            let Some(delta) = &turn.labels.delta else {
+                continue;
+            };
             stats.note("delta winners seen", 1);
             let reason = if !delta.by_op && !config.any_giver {
                 Some("delta winners skipped: delta not given by OP")
@@ -269,7 +275,9 @@ impl<'a> Thread<'a> {
         let author = self.conversation.turn(target).map_or("", |turn| turn.speaker.as_str());
         let path = self.tree.path_to(target);
         for &index in path.iter().take(path.len().saturating_sub(1)) {
-            let Some(turn) = self.conversation.turn(index) else { continue };
+            let Some(turn) = self.conversation.turn(index) else {
+                continue;
+            };
             if index == 0 {
                 push_merged(&mut messages, Message::user(self.post_text()));
                 continue;
@@ -312,7 +320,9 @@ impl<'a> Thread<'a> {
         exclude: &HashSet<u32>,
         rng: &mut SplitMix64,
     ) -> Vec<(u32, NegativeSource)> {
-        let Some(chosen) = self.conversation.turn(target) else { return Vec::new() };
+        let Some(chosen) = self.conversation.turn(target) else {
+            return Vec::new();
+        };
         // Comments on the target's own path are in its prompt: never a negative.
         let on_path: HashSet<u32> = self.tree.path_to(target).into_iter().collect();
         let excluded = |index: &u32| exclude.contains(index) || on_path.contains(index);

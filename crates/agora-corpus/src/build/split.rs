@@ -78,8 +78,7 @@ impl SplitSpec {
             ));
         };
         let number = |name: &str, part: &str| {
-            part.parse::<f64>()
-                .map_err(|_| spec_error(name, format!("`{part}` is not a number")))
+            part.parse::<f64>().map_err(|_| spec_error(name, format!("`{part}` is not a number")))
         };
         SplitSpec::new(
             number("train", train)?,
@@ -174,9 +173,11 @@ mod tests {
             *counts.entry(spec.assign(&group)).or_default() += 1;
         }
         // Three standard deviations of a binomial(10,000, p) count.
-        for (split, fraction) in [(SplitName::Train, 0.8), (SplitName::Validation, 0.1), (SplitName::Test, 0.1)] {
+        for (split, fraction) in
+            [(SplitName::Train, 0.8_f64), (SplitName::Validation, 0.1), (SplitName::Test, 0.1)]
+        {
             let expected = 10_000.0 * fraction;
-            let tolerance = 3.0 * (10_000.0 * fraction * (1.0 - fraction) as f64).sqrt();
+            let tolerance = 3.0 * (10_000.0 * fraction * (1.0 - fraction)).sqrt();
             let got = counts.get(&split).copied().unwrap_or(0) as f64;
             assert!((got - expected).abs() <= tolerance, "{split}: {got} vs {expected}");
         }
