@@ -843,6 +843,9 @@ fn parquet_turns_round_trip() {
     let batches = read_parquet(&path);
     let batch = &batches[0];
     assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 23);
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+    let compression = builder.metadata().row_group(0).column(0).compression();
+    assert_eq!(compression, parquet::basic::Compression::SNAPPY);
     let ids = column::<StringArray>(batch, "conversation_id");
     let turn_index = column::<UInt32Array>(batch, "turn_index");
     let reply_to = column::<UInt32Array>(batch, "reply_to");

@@ -45,10 +45,14 @@ impl Default for CmvBuildConfig {
 /// Authors whose comments are bookkeeping, never arguments.
 const BOT_AUTHORS: [&str; 2] = ["deltabot", "automoderator"];
 
-/// Whether a comment was deleted or removed (its text or author replaced by Reddit).
+/// Whether a comment was deleted or removed: its text or author replaced by Reddit, or
+/// the importer's `deleted` label.
 pub fn is_deleted(turn: &Turn) -> bool {
     let text = turn.text.trim();
-    text == "[deleted]" || text == "[removed]" || turn.speaker == "[deleted]"
+    text == "[deleted]"
+        || text == "[removed]"
+        || turn.speaker == "[deleted]"
+        || turn.labels.extra.get("deleted") == Some(&Value::Bool(true))
 }
 
 /// Whether a comment comes from a moderator or a bot (DeltaBot, AutoModerator).
