@@ -64,3 +64,19 @@ pub struct ImportOptions {
 
 /// Where importers deliver conversations. Returning an error stops the import.
 pub type Sink<'a> = dyn FnMut(Conversation) -> Result<(), CorpusError> + 'a;
+
+/// Imports `path` in `format`, handing every conversation to `sink` as soon as it is
+/// complete.
+pub fn import(
+    format: Format,
+    path: &std::path::Path,
+    options: &ImportOptions,
+    sink: &mut Sink<'_>,
+) -> Result<ImportReport, CorpusError> {
+    match format {
+        Format::Cmv => cmv::import(path, options, sink),
+        Format::Esconv => esconv::import(path, options, sink),
+        Format::PersonaChat => personachat::import(path, options, sink),
+        Format::SdfConversation => sdf::import_conversations(path, options, sink),
+    }
+}

@@ -70,13 +70,8 @@ fn personas_from_a_folder_with_both_spellings_and_age_types() {
     let keys: Vec<&str> = carla.attributes.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        [
-            "age",
-            "current_employment",
-            "education_level",
-            "personality_characteristics",
-            "sex"
-        ]
+        // File order (serde_json's `preserve_order`), the order prompts describe them in.
+        ["age", "sex", "education_level", "current_employment", "personality_characteristics"]
     );
 
     let gus = &personas[1];

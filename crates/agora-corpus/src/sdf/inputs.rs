@@ -63,9 +63,8 @@ pub struct TurnManagerConfig {
 /// personas, all 2025-2026 files) and `intent` (2024 helpful/troll personas, 2024 annotator
 /// personas). An empty one gives `instructions: None`. Ages come as numbers (2024) or
 /// strings (2026: `"25-34"`, `"-1"`) and are kept with their JSON type. Every field but
-/// `username` and the instructions becomes an attribute. Note: agora's `Meta` is a
-/// sorted map (serde_json without `preserve_order`), so attributes come back sorted by
-/// key rather than in file order.
+/// `username` and the instructions becomes an attribute, in file order (agora's `Meta`
+/// preserves insertion order), which is the order prompts describe a persona in.
 pub fn read_personas(path: &Path) -> Result<Vec<Persona>, CorpusError> {
     let mut personas = Vec::new();
     for file in folder_files(path, "json")? {
