@@ -246,9 +246,11 @@ impl Scalar<'_> {
                 let trimmed = text.trim();
                 if let Ok(value) = trimmed.parse::<i64>() {
                     serde_json::Value::from(value)
-                } else if let Ok(value) = trimmed.parse::<f64>().map_err(drop).and_then(|v| {
-                    if v.is_finite() { Ok(v) } else { Err(()) }
-                }) {
+                } else if let Ok(value) = trimmed
+                    .parse::<f64>()
+                    .map_err(drop)
+                    .and_then(|v| if v.is_finite() { Ok(v) } else { Err(()) })
+                {
                     from_float(value)
                 } else {
                     serde_json::Value::String(text.to_string())
@@ -314,15 +316,11 @@ pub fn parse_submission(
     location: &Location,
     report: &mut ImportReport,
 ) -> Result<Conversation, CorpusError> {
-    let raw: RawSubmission<'_> =
-        serde_json::from_str(line).map_err(|error| json_error(location, &error))?;
+    let raw: RawSubmission<'_> = serde_json::from_str(line).map_err(|error| json_error(location, &error))?;
     let submission_id = match &raw.id {
         Some(Text(id)) => id.as_ref(),
         None => {
-            return Err(CorpusError::invalid(
-                location.clone().with_field("id"),
-                "missing required field",
-            ));
+            return Err(CorpusError::invalid(location.clone().with_field("id"), "missing required field"));
         }
     };
     let record = || location.clone().with_record(format!("submission {submission_id}"));
@@ -539,11 +537,7 @@ fn participants(turns: &[Turn]) -> Vec<Participant> {
     let mut participants = Vec::new();
     for turn in turns {
         if turn.speaker != DELETED && seen.insert(turn.speaker.as_str(), ()).is_none() {
-            participants.push(Participant {
-                name: turn.speaker.clone(),
-                role: turn.role,
-                persona: None,
-            });
+            participants.push(Participant { name: turn.speaker.clone(), role: turn.role, persona: None });
         }
     }
     participants
@@ -553,13 +547,7 @@ fn participants(turns: &[Turn]) -> Vec<Participant> {
 // Deltas.
 
 /// Awards a delta to the parent of every comment whose body carries a delta sign.
-fn award_deltas(
-    turns: &mut [Turn],
-    signs: &[bool],
-    op_name: &str,
-    op_known: bool,
-    counts: &mut Counts,
-) {
+fn award_deltas(turns: &mut [Turn], signs: &[bool], op_name: &str, op_known: bool, counts: &mut Counts) {
     for giver_index in 1..turns.len() {
         if !signs[giver_index] {
             continue;
@@ -813,18 +801,86 @@ fn decode_entity(text: &str) -> Option<(char, usize)> {
 // Synthetic corpus for benchmarks.
 
 const WORDS: &[&str] = &[
-    "the", "view", "people", "think", "because", "argument", "evidence", "that", "is", "not",
-    "really", "would", "should", "policy", "tax", "society", "moral", "choice", "freedom",
-    "market", "study", "data", "example", "however", "therefore", "change", "my", "mind",
-    "government", "school", "children", "climate", "energy", "nuclear", "vote", "law",
-    "rights", "history", "culture", "money", "health", "science", "religion", "free",
-    "speech", "you", "I", "we", "they", "it", "and", "or", "but", "if", "when", "most",
-    "some", "many", "better", "worse", "cost", "benefit", "harm", "good", "bad", "fair",
+    "the",
+    "view",
+    "people",
+    "think",
+    "because",
+    "argument",
+    "evidence",
+    "that",
+    "is",
+    "not",
+    "really",
+    "would",
+    "should",
+    "policy",
+    "tax",
+    "society",
+    "moral",
+    "choice",
+    "freedom",
+    "market",
+    "study",
+    "data",
+    "example",
+    "however",
+    "therefore",
+    "change",
+    "my",
+    "mind",
+    "government",
+    "school",
+    "children",
+    "climate",
+    "energy",
+    "nuclear",
+    "vote",
+    "law",
+    "rights",
+    "history",
+    "culture",
+    "money",
+    "health",
+    "science",
+    "religion",
+    "free",
+    "speech",
+    "you",
+    "I",
+    "we",
+    "they",
+    "it",
+    "and",
+    "or",
+    "but",
+    "if",
+    "when",
+    "most",
+    "some",
+    "many",
+    "better",
+    "worse",
+    "cost",
+    "benefit",
+    "harm",
+    "good",
+    "bad",
+    "fair",
 ];
 const NAMES: &[&str] = &[
-    "quiet_falcon", "Rhetorician42", "tea-and-logic", "MapleSkeptic", "night_owl_7",
-    "BayesianBarista", "civic-minded", "Old_Pragmatist", "dialectic_dan", "Penguin_Ethics",
-    "lurker_no_more", "SocraticMethod",
+    "quiet_falcon",
+    "Rhetorician42",
+    "tea-and-logic",
+    "MapleSkeptic",
+    "night_owl_7",
+    "BayesianBarista",
+    "civic-minded",
+    "Old_Pragmatist",
+    "dialectic_dan",
+    "Penguin_Ethics",
+    "lurker_no_more",
+    "SocraticMethod",
 ];
 const SYNTHETIC_FOOTNOTE: &str = "\n\n_____\n\n&gt; *Hello, users of CMV! This is a footnote \
 from your moderators. We'd just like to remind you of a couple of things. Firstly, please \
@@ -983,11 +1039,7 @@ fn synthetic_prose(rng: &mut SplitMix64, fewest_words: usize, spread: usize) -> 
 ///
 /// Returns the number of bytes written (the first submission that reaches the target is
 /// the last one).
-pub fn write_synthetic(
-    out: &mut dyn std::io::Write,
-    target_bytes: u64,
-    seed: u64,
-) -> std::io::Result<u64> {
+pub fn write_synthetic(out: &mut dyn std::io::Write, target_bytes: u64, seed: u64) -> std::io::Result<u64> {
     let mut rng = SplitMix64::new(seed);
     let mut written = 0u64;
     let mut submission_number = 0u64;
@@ -1089,7 +1141,13 @@ pub fn write_synthetic(
                             .iter()
                             .map(|&child| SyntheticChild {
                                 kind: "t1",
-                                data: synthetic_comment(&plan, child, &link_id, created, SyntheticReplies::Empty("")),
+                                data: synthetic_comment(
+                                    &plan,
+                                    child,
+                                    &link_id,
+                                    created,
+                                    SyntheticReplies::Empty(""),
+                                ),
                             })
                             .collect(),
                         after: None,
@@ -1149,7 +1207,11 @@ mod tests {
 
     #[test]
     fn quotes_stay_lines_and_trailing_space_goes() {
-        check_clean("&gt; quoted  \n&gt; still quoted\n\nmine.   \n\n\n", "> quoted\n> still quoted\n\nmine.", 0);
+        check_clean(
+            "&gt; quoted  \n&gt; still quoted\n\nmine.   \n\n\n",
+            "> quoted\n> still quoted\n\nmine.",
+            0,
+        );
     }
 
     #[test]
