@@ -704,9 +704,7 @@ fn trl_records_have_exactly_the_documented_keys() {
         for record in read_jsonl(&temp.path().join(name)) {
             let object = record.as_object().unwrap();
             let got: Vec<&str> = object.keys().map(String::as_str).collect();
-            let mut want = keys.to_vec();
-            want.sort();
-            assert_eq!(got, want, "{name}");
+            assert_eq!(got, keys, "{name}: keys in the documented order");
             for key in keys.iter().filter(|key| **key != "label") {
                 let value = &object[*key];
                 if conversational {
@@ -761,9 +759,10 @@ fn convokit_folder_is_consistent() {
     assert_eq!(ids.len(), utterances.len(), "utterance ids are unique");
     for utterance in &utterances {
         let keys: Vec<&str> = utterance.as_object().unwrap().keys().map(String::as_str).collect();
+        // The order ConvoKit's own dump writes.
         assert_eq!(
             keys,
-            ["conversation_id", "id", "meta", "reply-to", "speaker", "text", "timestamp", "vectors"]
+            ["id", "conversation_id", "text", "speaker", "meta", "reply-to", "timestamp", "vectors"]
         );
         let conversation_id = utterance["conversation_id"].as_str().unwrap();
         // ConvoKit's convention: the conversation id is its root utterance's id.

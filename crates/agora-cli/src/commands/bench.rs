@@ -76,6 +76,7 @@ fn bench_cmv(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
 
 fn parse_only(input: &Path) -> anyhow::Result<u64> {
     let mut lines = Lines::open(input)?;
+    let path = lines.path().to_path_buf();
     let mut report = ImportReport::default();
     let mut turns = 0u64;
     let mut bytes = 0u64;
@@ -84,7 +85,7 @@ fn parse_only(input: &Path) -> anyhow::Result<u64> {
         if line.trim().is_empty() {
             continue;
         }
-        let location = Location::line(lines.path(), number);
+        let location = Location::line(&path, number);
         let conversation = cmv::parse_submission(line, &location, &mut report)?;
         turns += conversation.turns.len() as u64;
     }
