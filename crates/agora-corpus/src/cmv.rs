@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::path::Path;
 
@@ -343,11 +344,12 @@ pub fn parse_submission(
                 "missing required field",
             ));
         }
-        if position_of.contains_key(id.as_ref()) {
-            counts.duplicates += 1;
-        } else {
-            position_of.insert(id.as_ref(), position as u32);
-            kept.push(position as u32);
+        match position_of.entry(id.as_ref()) {
+            Entry::Occupied(_) => counts.duplicates += 1,
+            Entry::Vacant(slot) => {
+                slot.insert(position as u32);
+                kept.push(position as u32);
+            }
         }
     }
 
