@@ -198,6 +198,10 @@ pub struct BenchArgs {
     /// Seed of the generated input.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Only write the generated input to this file, and measure nothing (test data for
+    /// other tools).
+    #[arg(long, conflicts_with = "input")]
+    pub write_input: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

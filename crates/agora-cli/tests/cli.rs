@@ -22,11 +22,7 @@ fn agora(workspace: &Path, args: &[&str]) -> Output {
 
 fn ok(workspace: &Path, args: &[&str]) -> String {
     let output = agora(workspace, args);
-    assert!(
-        output.status.success(),
-        "agora {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "agora {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("stdout is UTF-8")
 }
 
@@ -120,7 +116,10 @@ fn every_example_corpus_imports_builds_and_exports() {
     assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 2);
     let error = fails(&ws, &["build", "dpo", "--corpus", "esconv", "--out", out.to_str().unwrap()]);
     assert!(error.contains("no dpo builder for esconv corpora"), "{error}");
-    let error = fails(&ws, &["build", "sft", "--corpus", "cmv", "--out", out.to_str().unwrap(), "--split", "0.5,0.5"]);
+    let error = fails(
+        &ws,
+        &["build", "sft", "--corpus", "cmv", "--out", out.to_str().unwrap(), "--split", "0.5,0.5"],
+    );
     assert!(error.contains("--split"), "{error}");
 }
 
@@ -220,10 +219,14 @@ fn real_shared_files_import_when_present() {
     let personachat = shared.join("personachat/valid_both_original_no_cands.txt");
     let report = json(ws, &["import", "personachat", personachat.to_str().unwrap()]);
     assert_eq!(report["conversations"], 1000);
-    for folder in ["sdf/inputs-2024/personas", "sdf/annotation-inputs-2024/personas", "sdf/inputs-2026/personas"] {
+    for folder in
+        ["sdf/inputs-2024/personas", "sdf/annotation-inputs-2024/personas", "sdf/inputs-2026/personas"]
+    {
         ok(ws, &["import", "sdf-personas", shared.join(folder).to_str().unwrap(), "--name", folder]);
     }
-    for folder in ["sdf/inputs-2024/topics", "sdf/inputs-2024/user_instructions", "sdf/inputs-2024/mod_instructions"] {
+    for folder in
+        ["sdf/inputs-2024/topics", "sdf/inputs-2024/user_instructions", "sdf/inputs-2024/mod_instructions"]
+    {
         ok(ws, &["import", "sdf-texts", shared.join(folder).to_str().unwrap(), "--name", folder]);
     }
     let out = dir.path().join("pc");

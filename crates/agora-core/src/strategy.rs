@@ -64,15 +64,11 @@ impl Strategy {
             Strategy::ReflectionOfFeelings => {
                 "Articulate and describe the seeker's feelings to show understanding and empathy."
             }
-            Strategy::SelfDisclosure => {
-                "Share similar experiences or emotions to express empathy."
-            }
+            Strategy::SelfDisclosure => "Share similar experiences or emotions to express empathy.",
             Strategy::AffirmationAndReassurance => {
                 "Affirm the seeker's strengths, motivation and capabilities, and provide reassurance."
             }
-            Strategy::ProvidingSuggestions => {
-                "Suggest ways forward, without telling the seeker what to do."
-            }
+            Strategy::ProvidingSuggestions => "Suggest ways forward, without telling the seeker what to do.",
             Strategy::Information => {
                 "Provide useful information, such as data, facts, opinions or resources."
             }
@@ -95,14 +91,16 @@ impl Strategy {
             .collect();
         let strategy = match key.as_str() {
             "question" | "questions" | "questioning" => Strategy::Question,
-            "restatementorparaphrasing" | "restatementandparaphrasing" | "restatement"
-            | "paraphrasing" | "restatementparaphrasing" => Strategy::RestatementOrParaphrasing,
-            "reflectionoffeelings" | "reflectionoffeeling" | "reflection" => {
-                Strategy::ReflectionOfFeelings
-            }
+            "restatementorparaphrasing"
+            | "restatementandparaphrasing"
+            | "restatement"
+            | "paraphrasing"
+            | "restatementparaphrasing" => Strategy::RestatementOrParaphrasing,
+            "reflectionoffeelings" | "reflectionoffeeling" | "reflection" => Strategy::ReflectionOfFeelings,
             "selfdisclosure" | "selfdisclosures" => Strategy::SelfDisclosure,
-            "affirmationandreassurance" | "affirmationreassurance" | "affirmation"
-            | "reassurance" => Strategy::AffirmationAndReassurance,
+            "affirmationandreassurance" | "affirmationreassurance" | "affirmation" | "reassurance" => {
+                Strategy::AffirmationAndReassurance
+            }
             "providingsuggestions" | "providingsuggestion" | "suggestions" | "suggestion" => {
                 Strategy::ProvidingSuggestions
             }

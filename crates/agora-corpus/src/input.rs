@@ -79,10 +79,8 @@ impl Lines {
     /// The next line without its line ending, with its number; `None` at the end.
     pub fn next_line(&mut self) -> Result<Option<(u64, &str)>, CorpusError> {
         self.bytes.clear();
-        let read = self
-            .reader
-            .read_until(b'\n', &mut self.bytes)
-            .map_err(|e| CorpusError::io(&self.path, e))?;
+        let read =
+            self.reader.read_until(b'\n', &mut self.bytes).map_err(|e| CorpusError::io(&self.path, e))?;
         if read == 0 {
             return Ok(None);
         }
@@ -139,13 +137,11 @@ mod tests {
         let plain = dir.path().join("a.txt");
         std::fs::write(&plain, text).unwrap();
         let gz = dir.path().join("a.gz");
-        let mut encoder =
-            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), Default::default());
+        let mut encoder = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), Default::default());
         encoder.write_all(text.as_bytes()).unwrap();
         encoder.finish().unwrap();
         let bz = dir.path().join("a.bz2");
-        let mut encoder =
-            bzip2::write::BzEncoder::new(File::create(&bz).unwrap(), Default::default());
+        let mut encoder = bzip2::write::BzEncoder::new(File::create(&bz).unwrap(), Default::default());
         encoder.write_all(text.as_bytes()).unwrap();
         encoder.finish().unwrap();
         for path in [plain, gz, bz] {

@@ -34,8 +34,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 4] =
-        [Format::Cmv, Format::Esconv, Format::PersonaChat, Format::SdfConversation];
+    pub const ALL: [Format; 4] = [Format::Cmv, Format::Esconv, Format::PersonaChat, Format::SdfConversation];
 
     /// The name used on the command line and in the store.
     pub fn name(self) -> &'static str {

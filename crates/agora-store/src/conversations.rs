@@ -64,11 +64,7 @@ impl Store {
     /// Starts importing into corpus `corpus_name` (created when new, with `format`).
     /// Conversation ids become `<corpus_name>:<original id>`, so one file imported
     /// under two names never collides.
-    pub fn begin_import(
-        &self,
-        corpus_name: &str,
-        format: &str,
-    ) -> Result<ImportBatch<'_>, StoreError> {
+    pub fn begin_import(&self, corpus_name: &str, format: &str) -> Result<ImportBatch<'_>, StoreError> {
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
         let corpus_id = match self.corpus_id_and_format(corpus_name)? {
             Some((id, existing_format)) if existing_format == format => id,
@@ -98,11 +94,9 @@ impl Store {
     fn corpus_id_and_format(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
         Ok(self
             .connection
-            .query_row(
-                "SELECT id, format FROM corpora WHERE name = ?1",
-                [name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+            .query_row("SELECT id, format FROM corpora WHERE name = ?1", [name], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .optional()?)
     }
 
@@ -166,10 +160,7 @@ impl Store {
         };
         Ok(Some(Conversation {
             id: id.to_string(),
-            source: Source {
-                corpus: format,
-                original_id,
-            },
+            source: Source { corpus: format, original_id },
             participants,
             turns: self.turns(id)?,
             meta,
@@ -193,10 +184,7 @@ impl Store {
             })?;
             let labels = match row.get::<_, Option<String>>(6)? {
                 Some(text) => serde_json::from_str(&text).map_err(|e| {
-                    StoreError::json(
-                        format!("conversation {conversation_id} turn {index} labels"),
-                        e,
-                    )
+                    StoreError::json(format!("conversation {conversation_id} turn {index} labels"), e)
                 })?,
                 None => TurnLabels::default(),
             };
@@ -234,9 +222,9 @@ impl Store {
         E: From<StoreError>,
     {
         for id in self.conversation_ids(corpus_name)? {
-            let conversation = self.conversation(&id)?.ok_or_else(|| {
-                StoreError::Conflict(format!("conversation {id} vanished during a read"))
-            })?;
+            let conversation = self
+                .conversation(&id)?
+                .ok_or_else(|| StoreError::Conflict(format!("conversation {id} vanished during a read")))?;
             visit(conversation)?;
         }
         Ok(())
@@ -257,24 +245,16 @@ impl Store {
         stats.conversations = conversations;
         stats.max_turns = max_turns.unwrap_or(0);
         let (turns, chars, speakers): (u64, Option<f64>, u64) = self.connection.query_row(
-            &format!(
-                "SELECT COUNT(*), AVG(LENGTH(text)), COUNT(DISTINCT speaker) FROM turns WHERE {filter}"
-            ),
+            &format!("SELECT COUNT(*), AVG(LENGTH(text)), COUNT(DISTINCT speaker) FROM turns WHERE {filter}"),
             [corpus_name],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )?;
         stats.turns = turns;
         stats.mean_turn_chars = chars.unwrap_or(0.0);
         stats.speakers = speakers;
-        stats.mean_turns = if conversations == 0 {
-            0.0
-        } else {
-            turns as f64 / conversations as f64
-        };
-        stats.roles = self.counts(
-            &format!("SELECT role, COUNT(*) FROM turns WHERE {filter} GROUP BY role"),
-            corpus_name,
-        )?;
+        stats.mean_turns = if conversations == 0 { 0.0 } else { turns as f64 / conversations as f64 };
+        stats.roles = self
+            .counts(&format!("SELECT role, COUNT(*) FROM turns WHERE {filter} GROUP BY role"), corpus_name)?;
         stats.strategies = self.counts(
             &format!(
                 "SELECT json_extract(labels, '$.strategy') AS s, COUNT(*) FROM turns
@@ -301,11 +281,7 @@ impl Store {
         Ok(stats)
     }
 
-    fn counts(
-        &self,
-        sql: &str,
-        corpus_name: Option<&str>,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
+    fn counts(&self, sql: &str, corpus_name: Option<&str>) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut statement = self.connection.prepare(sql)?;
         let rows = statement.query_map([corpus_name], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -322,10 +298,7 @@ impl ImportBatch<'_> {
         let participants = if conversation.participants.is_empty() {
             None
         } else {
-            Some(
-                serde_json::to_string(&conversation.participants)
-                    .map_err(|e| StoreError::json(&id, e))?,
-            )
+            Some(serde_json::to_string(&conversation.participants).map_err(|e| StoreError::json(&id, e))?)
         };
         let meta = if conversation.meta.is_empty() {
             None
@@ -364,9 +337,7 @@ impl ImportBatch<'_> {
             }
             Some(_) => {
                 // Cascades to the turns.
-                connection
-                    .prepare_cached("DELETE FROM conversations WHERE id = ?1")?
-                    .execute([&id])?;
+                connection.prepare_cached("DELETE FROM conversations WHERE id = ?1")?.execute([&id])?;
                 self.counts.replaced += 1;
             }
             None => self.counts.added += 1,

@@ -26,16 +26,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn open(path: &std::path::Path, source: rusqlite::Error) -> StoreError {
-        StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        }
+        StoreError::Open { path: path.to_path_buf(), source }
     }
 
     pub(crate) fn json(what: impl Into<String>, source: serde_json::Error) -> StoreError {
-        StoreError::Json {
-            what: what.into(),
-            source,
-        }
+        StoreError::Json { what: what.into(), source }
     }
 }

@@ -39,12 +39,7 @@ pub struct Unit {
 impl Store {
     /// Creates job `id` or, when it exists, checks that it is the same job (same kind
     /// and configuration) so a resume cannot silently mix two experiments.
-    pub fn ensure_job(
-        &self,
-        id: &str,
-        kind: &str,
-        config: &serde_json::Value,
-    ) -> Result<(), StoreError> {
+    pub fn ensure_job(&self, id: &str, kind: &str, config: &serde_json::Value) -> Result<(), StoreError> {
         let config_text = config.to_string();
         let existing: Option<(String, String)> = self
             .connection
@@ -62,9 +57,7 @@ impl Store {
                 )?;
                 Ok(())
             }
-            Some((stored_kind, stored_config))
-                if stored_kind == kind && stored_config == config_text =>
-            {
+            Some((stored_kind, stored_config)) if stored_kind == kind && stored_config == config_text => {
                 self.set_job_status(id, JobStatus::Running)
             }
             Some((stored_kind, _)) => Err(StoreError::Conflict(format!(
@@ -88,21 +81,14 @@ impl Store {
 
     /// The keys of the units of `job` already finished.
     pub fn done_units(&self, job: &str) -> Result<HashSet<String>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT unit_key FROM job_units WHERE job_id = ?1")?;
+        let mut statement = self.connection.prepare("SELECT unit_key FROM job_units WHERE job_id = ?1")?;
         let keys = statement.query_map([job], |row| row.get(0))?;
         Ok(keys.collect::<Result<_, _>>()?)
     }
 
     /// Records a finished unit atomically. Returns `false` (and changes nothing) when
     /// the unit was already recorded — the guard against duplicates after a resume.
-    pub fn record_unit(
-        &self,
-        job: &str,
-        key: &str,
-        result: &serde_json::Value,
-    ) -> Result<bool, StoreError> {
+    pub fn record_unit(&self, job: &str, key: &str, result: &serde_json::Value) -> Result<bool, StoreError> {
         let inserted = self.connection.execute(
             "INSERT OR IGNORE INTO job_units (job_id, unit_key, status, result, finished_at)
              VALUES (?1, ?2, 'done', ?3, ?4)",
@@ -123,11 +109,7 @@ impl Store {
             let text: String = row.get(1)?;
             let result = serde_json::from_str(&text)
                 .map_err(|e| StoreError::json(format!("job {job} unit {key}"), e))?;
-            units.push(Unit {
-                key,
-                result,
-                finished_at: row.get(2)?,
-            });
+            units.push(Unit { key, result, finished_at: row.get(2)? });
         }
         Ok(units)
     }
@@ -145,30 +127,14 @@ mod tests {
         let path = dir.path().join("store.sqlite");
         {
             let store = Store::open(&path).unwrap();
-            store
-                .ensure_job("sim-1", "simulate", &json!({"seed": 1}))
-                .unwrap();
-            assert!(
-                store
-                    .record_unit("sim-1", "d0/t0", &json!({"text": "hi"}))
-                    .unwrap()
-            );
-            assert!(
-                store
-                    .record_unit("sim-1", "d0/t1", &json!({"text": "yo"}))
-                    .unwrap()
-            );
+            store.ensure_job("sim-1", "simulate", &json!({"seed": 1})).unwrap();
+            assert!(store.record_unit("sim-1", "d0/t0", &json!({"text": "hi"})).unwrap());
+            assert!(store.record_unit("sim-1", "d0/t1", &json!({"text": "yo"})).unwrap());
             // A resumed job that redoes a unit cannot duplicate it.
-            assert!(
-                !store
-                    .record_unit("sim-1", "d0/t1", &json!({"text": "other"}))
-                    .unwrap()
-            );
+            assert!(!store.record_unit("sim-1", "d0/t1", &json!({"text": "other"})).unwrap());
         }
         let store = Store::open(&path).unwrap();
-        store
-            .ensure_job("sim-1", "simulate", &json!({"seed": 1}))
-            .unwrap();
+        store.ensure_job("sim-1", "simulate", &json!({"seed": 1})).unwrap();
         let done = store.done_units("sim-1").unwrap();
         assert_eq!(done.len(), 2);
         let units = store.units("sim-1").unwrap();
@@ -179,22 +145,10 @@ mod tests {
     #[test]
     fn a_changed_configuration_is_a_new_job() {
         let store = Store::in_memory().unwrap();
-        store
-            .ensure_job("j", "judge", &json!({"rubric": "likert"}))
-            .unwrap();
-        let error = store
-            .ensure_job("j", "judge", &json!({"rubric": "pairwise"}))
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("different configuration"),
-            "{error}"
-        );
-        let error = store
-            .ensure_job("j", "annotate", &json!({"rubric": "likert"}))
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("different kind (judge)"),
-            "{error}"
-        );
+        store.ensure_job("j", "judge", &json!({"rubric": "likert"})).unwrap();
+        let error = store.ensure_job("j", "judge", &json!({"rubric": "pairwise"})).unwrap_err();
+        assert!(error.to_string().contains("different configuration"), "{error}");
+        let error = store.ensure_job("j", "annotate", &json!({"rubric": "likert"})).unwrap_err();
+        assert!(error.to_string().contains("different kind (judge)"), "{error}");
     }
 }

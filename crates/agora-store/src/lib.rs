@@ -43,10 +43,7 @@ impl Store {
                  PRAGMA busy_timeout = 10000;",
             )
             .map_err(|e| StoreError::open(path, e))?;
-        let mut store = Store {
-            connection,
-            path: path.to_path_buf(),
-        };
+        let mut store = Store { connection, path: path.to_path_buf() };
         schema::migrate(&mut store.connection).map_err(|e| StoreError::open(path, e))?;
         Ok(store)
     }
@@ -64,10 +61,7 @@ impl Store {
         let mut connection = Connection::open_in_memory()?;
         connection.execute_batch("PRAGMA foreign_keys = ON;")?;
         schema::migrate(&mut connection)?;
-        Ok(Store {
-            connection,
-            path: PathBuf::from(":memory:"),
-        })
+        Ok(Store { connection, path: PathBuf::from(":memory:") })
     }
 
     pub fn path(&self) -> &Path {
@@ -76,9 +70,7 @@ impl Store {
 
     /// The schema version the store is at.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self
-            .connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))?)
+        Ok(self.connection.query_row("PRAGMA user_version", [], |row| row.get(0))?)
     }
 }
 
@@ -98,16 +90,11 @@ pub fn format_utc(seconds: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",

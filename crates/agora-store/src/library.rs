@@ -17,19 +17,14 @@ pub struct NamedText {
 impl Store {
     /// Stores personas under `collection`, replacing ones with the same name (so a
     /// re-import is idempotent). Returns how many were written.
-    pub fn put_personas(
-        &mut self,
-        collection: &str,
-        personas: &[Persona],
-    ) -> Result<usize, StoreError> {
+    pub fn put_personas(&mut self, collection: &str, personas: &[Persona]) -> Result<usize, StoreError> {
         let transaction = self.connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
                 "INSERT OR REPLACE INTO personas (collection, name, position, body) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (position, persona) in personas.iter().enumerate() {
-                let body = serde_json::to_string(persona)
-                    .map_err(|e| StoreError::json(&persona.name, e))?;
+                let body = serde_json::to_string(persona).map_err(|e| StoreError::json(&persona.name, e))?;
                 insert.execute(params![collection, persona.name, position as i64, body])?;
             }
         }
@@ -38,28 +33,23 @@ impl Store {
     }
 
     pub fn personas(&self, collection: &str) -> Result<Vec<Persona>, StoreError> {
-        let mut statement = self.connection.prepare(
-            "SELECT name, body FROM personas WHERE collection = ?1 ORDER BY position, name",
-        )?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT name, body FROM personas WHERE collection = ?1 ORDER BY position, name")?;
         let mut rows = statement.query([collection])?;
         let mut personas = Vec::new();
         while let Some(row) = rows.next()? {
             let name: String = row.get(0)?;
             let body: String = row.get(1)?;
             personas.push(
-                serde_json::from_str(&body)
-                    .map_err(|e| StoreError::json(format!("persona {name}"), e))?,
+                serde_json::from_str(&body).map_err(|e| StoreError::json(format!("persona {name}"), e))?,
             );
         }
         Ok(personas)
     }
 
     /// Stores named texts under `collection`, replacing same-named ones.
-    pub fn put_texts(
-        &mut self,
-        collection: &str,
-        texts: &[NamedText],
-    ) -> Result<usize, StoreError> {
+    pub fn put_texts(&mut self, collection: &str, texts: &[NamedText]) -> Result<usize, StoreError> {
         let transaction = self.connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
@@ -74,15 +64,10 @@ impl Store {
     }
 
     pub fn texts(&self, collection: &str) -> Result<Vec<NamedText>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT name, text FROM texts WHERE collection = ?1 ORDER BY name")?;
-        let rows = statement.query_map([collection], |row| {
-            Ok(NamedText {
-                name: row.get(0)?,
-                text: row.get(1)?,
-            })
-        })?;
+        let mut statement =
+            self.connection.prepare("SELECT name, text FROM texts WHERE collection = ?1 ORDER BY name")?;
+        let rows = statement
+            .query_map([collection], |row| Ok(NamedText { name: row.get(0)?, text: row.get(1)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -99,11 +84,7 @@ impl Store {
 
     /// Stores annotations from `source` (a file or a job id); re-storing the same
     /// annotation replaces it. Returns how many were written.
-    pub fn put_annotations(
-        &mut self,
-        source: &str,
-        annotations: &[Annotation],
-    ) -> Result<usize, StoreError> {
+    pub fn put_annotations(&mut self, source: &str, annotations: &[Annotation]) -> Result<usize, StoreError> {
         let transaction = self.connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
@@ -135,10 +116,10 @@ impl Store {
         let mut annotations = Vec::new();
         while let Some(row) = rows.next()? {
             let body: String = row.get(0)?;
-            annotations
-                .push(serde_json::from_str(&body).map_err(|e| {
-                    StoreError::json(format!("annotation of {conversation_id}"), e)
-                })?);
+            annotations.push(
+                serde_json::from_str(&body)
+                    .map_err(|e| StoreError::json(format!("annotation of {conversation_id}"), e))?,
+            );
         }
         Ok(annotations)
     }

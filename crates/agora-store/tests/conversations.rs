@@ -24,22 +24,14 @@ fn thread(original_id: &str, winner_text: &str) -> Conversation {
         turn(2, "op", Role::User, "∆ fair point", Some(1)),
         turn(3, "b", Role::Assistant, "no", Some(0)),
     ];
-    turns[1].labels.delta = Some(Delta {
-        giver: "op".into(),
-        receiver: "a".into(),
-        given_in: 2,
-        confirmed: true,
-        by_op: true,
-    });
+    turns[1].labels.delta =
+        Some(Delta { giver: "op".into(), receiver: "a".into(), given_in: 2, confirmed: true, by_op: true });
     turns[2].labels.gives_delta = true;
     let mut meta = agora_core::Meta::new();
     meta.insert("title".into(), json!("Tabs"));
     Conversation {
         id: format!("cmv:{original_id}"),
-        source: Source {
-            corpus: "cmv".into(),
-            original_id: original_id.into(),
-        },
+        source: Source { corpus: "cmv".into(), original_id: original_id.into() },
         participants: vec![],
         turns,
         meta,
@@ -57,59 +49,25 @@ fn import(store: &Store, name: &str, conversations: &[Conversation]) -> agora_st
 #[test]
 fn round_trip_and_idempotent_reimport() {
     let store = Store::in_memory().unwrap();
-    let first = import(
-        &store,
-        "cmv",
-        &[thread("t1", "spaces lose"), thread("t2", "x")],
-    );
-    assert_eq!(
-        (
-            first.added,
-            first.unchanged,
-            first.replaced,
-            first.turns_written
-        ),
-        (2, 0, 0, 8)
-    );
+    let first = import(&store, "cmv", &[thread("t1", "spaces lose"), thread("t2", "x")]);
+    assert_eq!((first.added, first.unchanged, first.replaced, first.turns_written), (2, 0, 0, 8));
 
-    let again = import(
-        &store,
-        "cmv",
-        &[thread("t1", "spaces lose"), thread("t2", "changed")],
-    );
+    let again = import(&store, "cmv", &[thread("t1", "spaces lose"), thread("t2", "changed")]);
     assert_eq!((again.added, again.unchanged, again.replaced), (0, 1, 1));
 
     let stored = store.conversation("cmv:t1").unwrap().unwrap();
     let original = thread("t1", "spaces lose");
     assert_eq!(stored.turns, original.turns);
     assert_eq!(stored.meta, original.meta);
-    assert_eq!(
-        store.conversation("cmv:t2").unwrap().unwrap().turns[1].text,
-        "changed"
-    );
+    assert_eq!(store.conversation("cmv:t2").unwrap().unwrap().turns[1].text, "changed");
     assert!(store.conversation("cmv:nope").unwrap().is_none());
 
     let corpora = store.corpora().unwrap();
     assert_eq!(corpora.len(), 1);
-    assert_eq!(
-        (
-            corpora[0].conversations,
-            corpora[0].turns,
-            corpora[0].imports
-        ),
-        (2, 8, 2)
-    );
+    assert_eq!((corpora[0].conversations, corpora[0].turns, corpora[0].imports), (2, 8, 2));
 
     let stats = store.stats(Some("cmv")).unwrap();
-    assert_eq!(
-        (
-            stats.conversations,
-            stats.turns,
-            stats.deltas,
-            stats.deltas_by_op
-        ),
-        (2, 8, 2, 2)
-    );
+    assert_eq!((stats.conversations, stats.turns, stats.deltas, stats.deltas_by_op), (2, 8, 2, 2));
     assert_eq!(stats.delta_comments, 2);
     assert_eq!(stats.roles.get("assistant"), Some(&4));
 }
@@ -163,42 +121,14 @@ fn strategies_are_counted() {
 #[test]
 fn personas_and_texts_replace_by_name() {
     let mut store = Store::in_memory().unwrap();
-    let persona = Persona {
-        name: "TechGuru88".into(),
-        ..Persona::default()
-    };
+    let persona = Persona { name: "TechGuru88".into(), ..Persona::default() };
     store
-        .put_personas(
-            "sdf",
-            &[
-                persona.clone(),
-                Persona {
-                    name: "Chill".into(),
-                    ..Persona::default()
-                },
-            ],
-        )
+        .put_personas("sdf", &[persona.clone(), Persona { name: "Chill".into(), ..Persona::default() }])
         .unwrap();
     store.put_personas("sdf", &[persona]).unwrap();
     assert_eq!(store.personas("sdf").unwrap().len(), 2);
-    store
-        .put_texts(
-            "topics",
-            &[NamedText {
-                name: "t1".into(),
-                text: "Tabs?".into(),
-            }],
-        )
-        .unwrap();
-    store
-        .put_texts(
-            "topics",
-            &[NamedText {
-                name: "t1".into(),
-                text: "Spaces?".into(),
-            }],
-        )
-        .unwrap();
+    store.put_texts("topics", &[NamedText { name: "t1".into(), text: "Tabs?".into() }]).unwrap();
+    store.put_texts("topics", &[NamedText { name: "t1".into(), text: "Spaces?".into() }]).unwrap();
     assert_eq!(store.texts("topics").unwrap()[0].text, "Spaces?");
     assert_eq!(store.collections().unwrap().len(), 2);
 }

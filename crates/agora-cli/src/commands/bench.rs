@@ -33,20 +33,16 @@ pub fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
 
 fn bench_cmv(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
+    if let Some(path) = &args.write_input {
+        let written = generate(path, args)?;
+        println!("{}: {:.1} MB of synthetic CMV (seed {})", path.display(), written as f64 / 1e6, args.seed);
+        return Ok(());
+    }
     let input = match &args.input {
         Some(path) => path.clone(),
         None => {
             let path = scratch.path().join("cmv_synthetic.jsonlist");
-            let started = Instant::now();
-            let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-            let mut writer = BufWriter::with_capacity(1 << 20, file);
-            let written = cmv::write_synthetic(&mut writer, args.size_mb * 1_000_000, args.seed)?;
-            writer.flush()?;
-            eprintln!(
-                "generated {:.1} MB of synthetic CMV in {:.1} s",
-                written as f64 / 1e6,
-                started.elapsed().as_secs_f64()
-            );
+            generate(&path, args)?;
             path
         }
     };
@@ -74,6 +70,22 @@ fn bench_cmv(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a synthetic Tan-format jsonlist of `--size-mb` to `path`; returns its size.
+fn generate(path: &Path, args: &BenchArgs) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let written = cmv::write_synthetic(&mut writer, args.size_mb * 1_000_000, args.seed)
+        .and_then(|written| writer.flush().map(|()| written))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "generated {:.1} MB of synthetic CMV in {:.1} s",
+        written as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(written)
+}
+
 fn parse_only(input: &Path) -> anyhow::Result<u64> {
     let mut lines = Lines::open(input)?;
     let path = lines.path().to_path_buf();
@@ -99,7 +111,13 @@ fn measure(name: &'static str, work: impl FnOnce() -> anyhow::Result<u64>) -> an
     let bytes = work()?;
     let seconds = started.elapsed().as_secs_f64();
     let megabytes = bytes as f64 / 1e6;
-    Ok(Phase { name, megabytes, seconds, megabytes_per_second: megabytes / seconds, peak_rss_megabytes: peak_rss() })
+    Ok(Phase {
+        name,
+        megabytes,
+        seconds,
+        megabytes_per_second: megabytes / seconds,
+        peak_rss_megabytes: peak_rss(),
+    })
 }
 
 /// Resets the kernel's peak-RSS counter for this process (Linux; a no-op elsewhere).

@@ -1,7 +1,6 @@
 //! `agora build sft|dpo|kto`: stream a corpus through its builder into TRL JSONL files,
 //! one per split (train/validation/test), plus `build.json` recording how they were made.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
@@ -29,11 +28,18 @@ struct SplitWriters {
 }
 
 impl SplitWriters {
-    fn create(out: &Path, layout: TrlLayout, conversational: bool, spec: SplitSpec) -> anyhow::Result<SplitWriters> {
+    fn create(
+        out: &Path,
+        layout: TrlLayout,
+        conversational: bool,
+        spec: SplitSpec,
+    ) -> anyhow::Result<SplitWriters> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let writers = SPLITS
             .iter()
-            .map(|split| TrlWriter::create(&out.join(format!("{}.jsonl", split.file_stem())), layout, conversational))
+            .map(|split| {
+                TrlWriter::create(&out.join(format!("{}.jsonl", split.file_stem())), layout, conversational)
+            })
             .collect::<Result<_, _>>()?;
         Ok(SplitWriters { writers, spec })
     }
@@ -44,10 +50,11 @@ impl SplitWriters {
         &mut self.writers[position]
     }
 
-    fn finish(self) -> anyhow::Result<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
+    /// Records written per split, in train, validation, test order.
+    fn finish(self) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        let mut counts = serde_json::Map::new();
         for (split, writer) in SPLITS.iter().zip(self.writers) {
-            counts.insert(split.file_stem().to_string(), writer.finish()?);
+            counts.insert(split.file_stem().to_string(), writer.finish()?.into());
         }
         Ok(counts)
     }
@@ -116,8 +123,11 @@ impl Builder {
                 write_chats(personachat::persona_examples(conversation, config, stats), writers)
             }
             Builder::CmvDpo(config) => {
-                let examples: Vec<PreferenceExample> = cmv::dpo_examples(conversation, config, &mut rng, stats);
-                examples.iter().try_for_each(|example| writers.writer(&example.group).write_preference(example))
+                let examples: Vec<PreferenceExample> =
+                    cmv::dpo_examples(conversation, config, &mut rng, stats);
+                examples
+                    .iter()
+                    .try_for_each(|example| writers.writer(&example.group).write_preference(example))
             }
             Builder::CmvKto(config) => {
                 let examples: Vec<KtoExample> = cmv::kto_examples(conversation, config, &mut rng, stats);
@@ -141,7 +151,9 @@ fn kind_name(kind: BuildKind) -> &'static str {
 
 /// FNV-1a of a conversation id, to derive its sampling seed.
 fn fingerprint(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 pub fn run(settings: &Settings, args: &BuildArgs) -> anyhow::Result<()> {

@@ -21,7 +21,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         return Ok(());
     }
     if !corpora.is_empty() {
-        println!("{:<24} {:<12} {:>13} {:>10} {:>8}", "corpus", "format", "conversations", "turns", "imports");
+        println!(
+            "{:<24} {:<12} {:>13} {:>10} {:>8}",
+            "corpus", "format", "conversations", "turns", "imports"
+        );
         for corpus in &corpora {
             println!(
                 "{:<24} {:<12} {:>13} {:>10} {:>8}",

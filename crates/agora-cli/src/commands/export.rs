@@ -23,7 +23,8 @@ pub fn run(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()> {
     let progress = crate::output::counter("conversations");
     let summary = match args.format {
         ExportFormat::Convokit => {
-            let config = ConvokitConfig { corpus_name: Some(args.corpus.clone()), ..ConvokitConfig::default() };
+            let config =
+                ConvokitConfig { corpus_name: Some(args.corpus.clone()), ..ConvokitConfig::default() };
             let mut writer = ConvokitWriter::with_config(&args.out, config)?;
             store.for_each_conversation(&args.corpus, |conversation| -> anyhow::Result<()> {
                 writer.write(&conversation)?;
@@ -48,7 +49,8 @@ pub fn run(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()> {
             json!({ "conversations": progress.position(), "rows": writer.finish()? })
         }
         ExportFormat::Jsonl => {
-            let file = File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+            let file =
+                File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
             let mut out = BufWriter::new(file);
             store.for_each_conversation(&args.corpus, |conversation| -> anyhow::Result<()> {
                 serde_json::to_writer(&mut out, &conversation)?;

@@ -92,7 +92,11 @@ pub fn run(settings: &Settings, args: &crate::args::QuickstartArgs) -> anyhow::R
     }
     println!();
     println!("done. Look at:");
-    println!("  {}  (the store: `agora corpora -w {}`)", settings.store_path().display(), settings.workspace.display());
+    println!(
+        "  {}  (the store: `agora corpora -w {}`)",
+        settings.store_path().display(),
+        settings.workspace.display()
+    );
     println!("  {}/  (TRL JSONL per split, build.json, ConvoKit, Parquet)", exports.display());
     println!("  `agora show cmv:q1 -w {}` prints a thread with its deltas", settings.workspace.display());
     Ok(())
@@ -100,12 +104,12 @@ pub fn run(settings: &Settings, args: &crate::args::QuickstartArgs) -> anyhow::R
 
 /// `examples/data` of the repository this binary was built from, else of the current folder.
 fn default_examples() -> anyhow::Result<PathBuf> {
-    let candidates = [
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data"),
-        PathBuf::from("examples/data"),
-    ];
+    let candidates =
+        [Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data"), PathBuf::from("examples/data")];
     match candidates.iter().find(|path| path.is_dir()) {
         Some(path) => Ok(path.clone()),
-        None => bail!("cannot find the examples folder (looked in {}); pass --examples", candidates[1].display()),
+        None => {
+            bail!("cannot find the examples folder (looked in {}); pass --examples", candidates[1].display())
+        }
     }
 }

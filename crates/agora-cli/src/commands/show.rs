@@ -9,7 +9,11 @@ use crate::settings::Settings;
 pub fn run(settings: &Settings, args: &ShowArgs) -> anyhow::Result<()> {
     let store = settings.open_store()?;
     let Some(conversation) = store.conversation(&args.id)? else {
-        bail!("no conversation `{}` in {} (ids look like `<corpus>:<original id>`)", args.id, store.path().display());
+        bail!(
+            "no conversation `{}` in {} (ids look like `<corpus>:<original id>`)",
+            args.id,
+            store.path().display()
+        );
     };
     if settings.json {
         return crate::output::print_json(&conversation);
@@ -48,7 +52,12 @@ pub fn render(conversation: &Conversation, limit: Option<usize>) -> String {
             labels.push(format!("feedback={feedback}"));
         }
         let labels = if labels.is_empty() { String::new() } else { format!(" [{}]", labels.join("; ")) };
-        out.push_str(&format!("{indent}[{}] {} ({}){labels}\n", turn.index, turn.speaker, turn.role.as_str()));
+        out.push_str(&format!(
+            "{indent}[{}] {} ({}){labels}\n",
+            turn.index,
+            turn.speaker,
+            turn.role.as_str()
+        ));
         for line in turn.text.lines() {
             out.push_str(&format!("{indent}    {line}\n"));
         }

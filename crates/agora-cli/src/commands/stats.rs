@@ -16,7 +16,10 @@ pub fn run(settings: &Settings, args: &StatsArgs) -> anyhow::Result<()> {
         return crate::output::print_json(&stats);
     }
     println!("conversations: {}", stats.conversations);
-    println!("turns: {} (mean {:.1} per conversation, max {})", stats.turns, stats.mean_turns, stats.max_turns);
+    println!(
+        "turns: {} (mean {:.1} per conversation, max {})",
+        stats.turns, stats.mean_turns, stats.max_turns
+    );
     println!("mean turn length: {:.0} characters", stats.mean_turn_chars);
     println!("speakers: {}", stats.speakers);
     for (role, count) in &stats.roles {

@@ -32,10 +32,7 @@ use crate::{CorpusError, ImportReport, Location};
 /// use [`read_annotations_for`] for them. Turn indices are positions in the file's log,
 /// which equal the discussion's turn indices except where a 2024-2025 run left moderator
 /// comments out (counted in the report); [`read_annotations_for`] aligns those exactly.
-pub fn read_annotations(
-    path: &Path,
-    report: &mut ImportReport,
-) -> Result<Vec<Annotation>, CorpusError> {
+pub fn read_annotations(path: &Path, report: &mut ImportReport) -> Result<Vec<Annotation>, CorpusError> {
     let mut annotations = Vec::new();
     for file in json_files(path, report)? {
         annotations.extend(annotations_from_file(&file, None, report)?);
@@ -91,10 +88,7 @@ fn annotations_from_file(
         (Some(Value::String(id)), Some(conversation)) if *id != conversation.source.original_id => {
             return Err(CorpusError::invalid(
                 field("conv_id"),
-                format!(
-                    "annotates discussion {id}, not {}",
-                    conversation.source.original_id
-                ),
+                format!("annotates discussion {id}, not {}", conversation.source.original_id),
             ));
         }
         (Some(Value::String(id)), _) if !id.trim().is_empty() => id.clone(),
@@ -149,16 +143,10 @@ fn annotations_from_file(
         None => None,
     };
     let annotator = annotator.unwrap_or_else(|| {
-        report.note(
-            "annotator names taken from file names (no name in the prompt)",
-            1,
-        );
+        report.note("annotator names taken from file names (no name in the prompt)", 1);
         format!("annotator:{}", file_stem(file))
     });
-    let mut scales = prompt
-        .map(prompt_text)
-        .map(|text| scales_in_prompt(&text))
-        .unwrap_or_default();
+    let mut scales = prompt.map(prompt_text).map(|text| scales_in_prompt(&text)).unwrap_or_default();
     if scales.is_empty() {
         // No "Label=<number>" in the prompt: the labels the replies use are the scales.
         for entry in &entries {
@@ -170,10 +158,7 @@ fn annotations_from_file(
         }
     }
     if scales.is_empty() {
-        report.note(
-            "annotation files with no recognisable scale (scale `unknown`)",
-            1,
-        );
+        report.note("annotation files with no recognisable scale (scale `unknown`)", 1);
         scales.push("unknown".to_string());
     }
 
@@ -184,11 +169,7 @@ fn annotations_from_file(
         if parsed.repeated {
             report.note("replies repeating a label (first value kept)", 1);
         }
-        if parsed
-            .values
-            .iter()
-            .any(|(label, _)| !scales.contains(label))
-        {
+        if parsed.values.iter().any(|(label, _)| !scales.contains(label)) {
             report.note("reply labels outside the prompt's scales ignored", 1);
         }
         let bare_number = match scales.as_slice() {
@@ -196,11 +177,7 @@ fn annotations_from_file(
             _ => None,
         };
         for scale in &scales {
-            let found = parsed
-                .values
-                .iter()
-                .find(|(label, _)| label == scale)
-                .map(|(_, value)| *value);
+            let found = parsed.values.iter().find(|(label, _)| label == scale).map(|(_, value)| *value);
             let score = match found.or(bare_number) {
                 Some(value) => {
                     if found.is_none() {
@@ -210,9 +187,7 @@ fn annotations_from_file(
                 }
                 None => {
                     report.note("unparsed annotation replies (kept as unparsed)", 1);
-                    Score::Unparsed {
-                        raw: entry.reply.clone(),
-                    }
+                    Score::Unparsed { raw: entry.reply.clone() }
                 }
             };
             annotations.push(Annotation {
@@ -240,10 +215,7 @@ fn log_entry(entry: &Value, location: &Location, index: usize) -> Result<Entry, 
                 model: None,
                 prompt: None,
             }),
-            _ => Err(CorpusError::invalid(
-                at(""),
-                "expected a [comment, reply] pair of strings",
-            )),
+            _ => Err(CorpusError::invalid(at(""), "expected a [comment, reply] pair of strings")),
         },
         Value::Object(object) => {
             let text = |field: &str| match object.get(field) {
@@ -254,27 +226,19 @@ fn log_entry(entry: &Value, location: &Location, index: usize) -> Result<Entry, 
                     format!("expected a string, found {}", json_type(other)),
                 )),
             };
-            let speaker =
-                text("name")?.ok_or_else(|| CorpusError::invalid(at(".name"), "missing"))?;
-            let reply =
-                text("text")?.ok_or_else(|| CorpusError::invalid(at(".text"), "missing"))?;
+            let speaker = text("name")?.ok_or_else(|| CorpusError::invalid(at(".name"), "missing"))?;
+            let reply = text("text")?.ok_or_else(|| CorpusError::invalid(at(".text"), "missing"))?;
             Ok(Entry {
                 speaker: Some(speaker),
                 comment: None,
                 reply,
                 model: text("model")?.filter(|model| !model.is_empty()),
-                prompt: object
-                    .get("prompt")
-                    .filter(|prompt| prompt.as_str() != Some(""))
-                    .cloned(),
+                prompt: object.get("prompt").filter(|prompt| prompt.as_str() != Some("")).cloned(),
             })
         }
         other => Err(CorpusError::invalid(
             at(""),
-            format!(
-                "expected a [comment, reply] pair or an object, found {}",
-                json_type(other)
-            ),
+            format!("expected a [comment, reply] pair or an object, found {}", json_type(other)),
         )),
     }
 }
@@ -288,10 +252,7 @@ fn resolve_turns(
 ) -> Result<Vec<u32>, CorpusError> {
     let Some(conversation) = conversation else {
         if entries.iter().any(|entry| entry.comment.is_some()) {
-            report.note(
-                "annotation turn indices are log positions (no discussion to align with)",
-                1,
-            );
+            report.note("annotation turn indices are log positions (no discussion to align with)", 1);
         }
         return Ok((0..entries.len() as u32).collect());
     };
@@ -307,10 +268,7 @@ fn resolve_turns(
             let Some(found) = found else {
                 return Err(CorpusError::invalid(
                     location.clone().with_field(format!("logs[{index}]")),
-                    format!(
-                        "comment not found in discussion {} after turn {next_turn}",
-                        conversation.id
-                    ),
+                    format!("comment not found in discussion {} after turn {next_turn}", conversation.id),
                 ));
             };
             if found > next_turn {
@@ -336,11 +294,7 @@ fn resolve_turns(
                 None => {
                     return Err(CorpusError::invalid(
                         location.clone().with_field(format!("logs[{index}]")),
-                        format!(
-                            "{} has only {} turns",
-                            conversation.id,
-                            conversation.turns.len()
-                        ),
+                        format!("{} has only {} turns", conversation.id, conversation.turns.len()),
                     ));
                 }
             }
@@ -376,11 +330,9 @@ fn prompt_text(prompt: &Value) -> String {
             Ok(Value::Object(object)) => prompt_text(&Value::Object(object)),
             _ => text.clone(),
         },
-        Value::Object(object) => object
-            .get("instructions")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        Value::Object(object) => {
+            object.get("instructions").and_then(Value::as_str).unwrap_or_default().to_string()
+        }
         _ => String::new(),
     }
 }
@@ -424,10 +376,7 @@ struct ParsedReply {
 
 /// Reads every `Label=number` or `Label: number` of a reply.
 fn parse_reply(reply: &str) -> ParsedReply {
-    let mut parsed = ParsedReply {
-        values: Vec::new(),
-        repeated: false,
-    };
+    let mut parsed = ParsedReply { values: Vec::new(), repeated: false };
     for (offset, _) in reply.match_indices(['=', ':']) {
         let Some(label) = trailing_label(reply[..offset].trim_end()) else {
             continue;
@@ -493,11 +442,7 @@ mod tests {
 
     fn check_reply(reply: &str, expected: &[(&str, f64)], repeated: bool) {
         let parsed = parse_reply(reply);
-        let values: Vec<(&str, f64)> = parsed
-            .values
-            .iter()
-            .map(|(s, v)| (s.as_str(), *v))
-            .collect();
+        let values: Vec<(&str, f64)> = parsed.values.iter().map(|(s, v)| (s.as_str(), *v)).collect();
         assert_eq!(values, expected, "{reply:?}");
         assert_eq!(parsed.repeated, repeated, "{reply:?}");
     }
@@ -506,11 +451,7 @@ mod tests {
     fn replies() {
         check_reply("Toxicity=3", &[("toxicity", 3.0)], false);
         check_reply(" Toxicity: 5", &[("toxicity", 5.0)], false);
-        check_reply(
-            "Toxicity=4 \nArgumentQuality=2",
-            &[("toxicity", 4.0), ("argument_quality", 2.0)],
-            false,
-        );
+        check_reply("Toxicity=4 \nArgumentQuality=2", &[("toxicity", 4.0), ("argument_quality", 2.0)], false);
         check_reply("```\nToxicity=2\n```python", &[("toxicity", 2.0)], false);
         check_reply("Toxicity=2\nToxicity=4", &[("toxicity", 2.0)], true);
         check_reply("Toxicity=?  # Your annotation here", &[], false);
@@ -521,14 +462,8 @@ mod tests {
 
     #[test]
     fn scales_of_prompts() {
-        assert_eq!(
-            scales_in_prompt("only of the form \\\"Toxicity=<number>\\\", do NOT"),
-            ["toxicity"]
-        );
-        assert_eq!(
-            scales_in_prompt("Output is of the form \"Toxicity: <number>\"."),
-            ["toxicity"]
-        );
+        assert_eq!(scales_in_prompt("only of the form \\\"Toxicity=<number>\\\", do NOT"), ["toxicity"]);
+        assert_eq!(scales_in_prompt("Output is of the form \"Toxicity: <number>\"."), ["toxicity"]);
         assert_eq!(
             scales_in_prompt("of the form \n\"Toxicity=<number>\nArgumentQuality=<number>\""),
             ["toxicity", "argument_quality"]

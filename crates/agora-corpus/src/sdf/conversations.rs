@@ -91,10 +91,7 @@ struct LogEntry {
     extra: Meta,
 }
 
-fn conversation_from_file(
-    file: &Path,
-    report: &mut ImportReport,
-) -> Result<Conversation, CorpusError> {
+fn conversation_from_file(file: &Path, report: &mut ImportReport) -> Result<Conversation, CorpusError> {
     let location = Location::file(file);
     let mut object = match read_json(file)? {
         Value::Object(object) => object,
@@ -172,11 +169,7 @@ fn conversation_from_file(
     for (index, entry) in logs.into_iter().enumerate() {
         entries.push(log_entry(entry, &location, index)?);
     }
-    if moderator.is_none()
-        && entries
-            .iter()
-            .any(|entry| entry.speaker.to_lowercase().contains("moderator"))
-    {
+    if moderator.is_none() && entries.iter().any(|entry| entry.speaker.to_lowercase().contains("moderator")) {
         report.note("moderators recognised by name (no `moderator` field)", 1);
     }
     let is_moderator = |speaker: &str| match &moderator {
@@ -188,23 +181,12 @@ fn conversation_from_file(
     let mut turns = Vec::with_capacity(entries.len());
     let mut participants: Vec<Participant> = Vec::new();
     for (index, entry) in entries.into_iter().enumerate() {
-        let role = if is_moderator(&entry.speaker) {
-            Role::Moderator
-        } else {
-            Role::User
-        };
+        let role = if is_moderator(&entry.speaker) { Role::Moderator } else { Role::User };
         if entry.text.trim().is_empty() {
             report.note("silent turns (empty text) kept", 1);
         }
-        if !participants
-            .iter()
-            .any(|participant| participant.name == entry.speaker)
-        {
-            participants.push(Participant {
-                name: entry.speaker.clone(),
-                role,
-                persona: None,
-            });
+        if !participants.iter().any(|participant| participant.name == entry.speaker) {
+            participants.push(Participant { name: entry.speaker.clone(), role, persona: None });
         }
         turns.push(Turn {
             index: index as u32,
@@ -213,52 +195,23 @@ fn conversation_from_file(
             role,
             text: entry.text,
             reply_to: None,
-            labels: TurnLabels {
-                extra: entry.extra,
-                ..TurnLabels::default()
-            },
+            labels: TurnLabels { extra: entry.extra, ..TurnLabels::default() },
         });
     }
     // Listed users and the moderator who never spoke are participants too.
-    let listed = users
-        .iter()
-        .flatten()
-        .cloned()
-        .chain(moderator.clone().flatten());
+    let listed = users.iter().flatten().cloned().chain(moderator.clone().flatten());
     for name in listed {
-        if !participants
-            .iter()
-            .any(|participant| participant.name == name)
-        {
-            let role = if is_moderator(&name) {
-                Role::Moderator
-            } else {
-                Role::User
-            };
-            participants.push(Participant {
-                name,
-                role,
-                persona: None,
-            });
+        if !participants.iter().any(|participant| participant.name == name) {
+            let role = if is_moderator(&name) { Role::Moderator } else { Role::User };
+            participants.push(Participant { name, role, persona: None });
         }
     }
     for persona in personas {
-        match participants
-            .iter_mut()
-            .find(|participant| participant.name == persona.name)
-        {
+        match participants.iter_mut().find(|participant| participant.name == persona.name) {
             Some(participant) => participant.persona = Some(persona),
             None => {
-                let role = if is_moderator(&persona.name) {
-                    Role::Moderator
-                } else {
-                    Role::User
-                };
-                participants.push(Participant {
-                    name: persona.name.clone(),
-                    role,
-                    persona: Some(persona),
-                });
+                let role = if is_moderator(&persona.name) { Role::Moderator } else { Role::User };
+                participants.push(Participant { name: persona.name.clone(), role, persona: Some(persona) });
             }
         }
     }
@@ -270,10 +223,7 @@ fn conversation_from_file(
     }
     Ok(Conversation {
         id: Conversation::make_id(CORPUS, &original_id),
-        source: Source {
-            corpus: CORPUS.into(),
-            original_id,
-        },
+        source: Source { corpus: CORPUS.into(), original_id },
         participants,
         turns,
         meta,
@@ -285,21 +235,13 @@ fn log_entry(entry: Value, location: &Location, index: usize) -> Result<LogEntry
     let at = |field: &str| location.clone().with_field(format!("logs[{index}]{field}"));
     match entry {
         Value::Array(pair) => match <[Value; 2]>::try_from(pair) {
-            Ok([Value::String(speaker), Value::String(text)]) => Ok(LogEntry {
-                speaker,
-                text,
-                extra: Meta::new(),
-            }),
-            Ok(_) => Err(CorpusError::invalid(
-                at(""),
-                "expected [username, text] strings",
-            )),
+            Ok([Value::String(speaker), Value::String(text)]) => {
+                Ok(LogEntry { speaker, text, extra: Meta::new() })
+            }
+            Ok(_) => Err(CorpusError::invalid(at(""), "expected [username, text] strings")),
             Err(pair) => Err(CorpusError::invalid(
                 at(""),
-                format!(
-                    "expected a [username, text] pair, found {} items",
-                    pair.len()
-                ),
+                format!("expected a [username, text] pair, found {} items", pair.len()),
             )),
         },
         Value::Object(mut object) => {
@@ -328,26 +270,16 @@ fn log_entry(entry: Value, location: &Location, index: usize) -> Result<LogEntry
             if object.get("model").and_then(Value::as_str) == Some("hardcoded") {
                 object.insert("seed_opinion".into(), Value::Bool(true));
             }
-            Ok(LogEntry {
-                speaker,
-                text,
-                extra: object,
-            })
+            Ok(LogEntry { speaker, text, extra: object })
         }
         other => Err(CorpusError::invalid(
             at(""),
-            format!(
-                "expected a [username, text] pair or an object, found {}",
-                json_type(&other)
-            ),
+            format!("expected a [username, text] pair or an object, found {}", json_type(&other)),
         )),
     }
 }
 
-fn string_list(
-    value: Option<&Value>,
-    location: &Location,
-) -> Result<Option<Vec<String>>, CorpusError> {
+fn string_list(value: Option<&Value>, location: &Location) -> Result<Option<Vec<String>>, CorpusError> {
     let Some(value) = value else { return Ok(None) };
     let Value::Array(items) = value else {
         return Err(CorpusError::invalid(
@@ -362,10 +294,7 @@ fn string_list(
             Value::String(text) => Ok(text.clone()),
             other => Err(CorpusError::invalid(
                 location.clone(),
-                format!(
-                    "item {index}: expected a string, found {}",
-                    json_type(other)
-                ),
+                format!("item {index}: expected a string, found {}", json_type(other)),
             )),
         })
         .collect::<Result<Vec<_>, _>>()
@@ -395,9 +324,7 @@ pub(super) fn structured_persona(
         _ => return Ok(None),
     };
     match object.get("persona") {
-        Some(Value::Object(persona)) => {
-            persona_from_object(persona, location, field_prefix).map(Some)
-        }
+        Some(Value::Object(persona)) => persona_from_object(persona, location, field_prefix).map(Some),
         _ => Ok(None),
     }
 }
@@ -416,9 +343,7 @@ fn topic_from_prompt(prompt: &str) -> Option<String> {
         let after = after.strip_prefix('.').unwrap_or(after);
         let closes = after.is_empty()
             || (after.starts_with(char::is_whitespace)
-                && after
-                    .trim_start()
-                    .starts_with(|c: char| c.is_ascii_uppercase()));
+                && after.trim_start().starts_with(|c: char| c.is_ascii_uppercase()));
         if closes {
             let topic = rest[..end].trim();
             return (!topic.is_empty()).then(|| topic.to_string());

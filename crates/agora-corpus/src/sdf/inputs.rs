@@ -87,10 +87,7 @@ pub fn read_personas(path: &Path) -> Result<Vec<Persona>, CorpusError> {
             other => {
                 return Err(CorpusError::invalid(
                     Location::file(&file),
-                    format!(
-                        "expected a persona object or a list of them, found {}",
-                        json_type(&other)
-                    ),
+                    format!("expected a persona object or a list of them, found {}", json_type(&other)),
                 ));
             }
         }
@@ -105,11 +102,7 @@ pub(super) fn persona_from_object(
     location: &Location,
     field_prefix: &str,
 ) -> Result<Persona, CorpusError> {
-    let field_location = |field: &str| {
-        location
-            .clone()
-            .with_field(format!("{field_prefix}{field}"))
-    };
+    let field_location = |field: &str| location.clone().with_field(format!("{field_prefix}{field}"));
     let name = match object.get("username") {
         None => return Err(CorpusError::invalid(field_location("username"), "missing")),
         Some(Value::String(name)) if !name.trim().is_empty() => name.clone(),
@@ -153,12 +146,7 @@ pub(super) fn persona_from_object(
         .filter(|(key, _)| !matches!(key.as_str(), "username" | "special_instructions" | "intent"))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
-    Ok(Persona {
-        name,
-        attributes,
-        facts: Vec::new(),
-        instructions: instructions.map(|(_, text)| text),
-    })
+    Ok(Persona { name, attributes, facts: Vec::new(), instructions: instructions.map(|(_, text)| text) })
 }
 
 /// The `.txt` files of a folder (or one `.txt` file) as (file stem, trimmed text), sorted
@@ -178,10 +166,7 @@ pub fn read_texts(path: &Path) -> Result<Vec<NamedText>, CorpusError> {
         if text.is_empty() {
             return Err(CorpusError::invalid(Location::file(&file), "empty file"));
         }
-        texts.push(NamedText {
-            name: file_stem(&file),
-            text: text.to_string(),
-        });
+        texts.push(NamedText { name: file_stem(&file), text: text.to_string() });
     }
     Ok(texts)
 }
@@ -197,10 +182,7 @@ pub fn read_texts(path: &Path) -> Result<Vec<NamedText>, CorpusError> {
 /// mappings and scalars the SDF's configs use are understood; anything else (sequences,
 /// anchors, flow collections) is refused with the line that has it.
 pub fn read_conversation_config(path: &Path) -> Result<SdfConversationConfig, CorpusError> {
-    let extension = path
-        .extension()
-        .and_then(|ext| ext.to_str())
-        .unwrap_or_default();
+    let extension = path.extension().and_then(|ext| ext.to_str()).unwrap_or_default();
     if matches!(extension, "yml" | "yaml") {
         return config_from_yaml(path);
     }
@@ -220,10 +202,7 @@ fn config_from_object(
 ) -> Result<SdfConversationConfig, CorpusError> {
     let conv_len = take_count(&mut object, "conv_len", location)?;
     if conv_len == Some(0) {
-        return Err(CorpusError::invalid(
-            location.clone().with_field("conv_len"),
-            "must be at least 1",
-        ));
+        return Err(CorpusError::invalid(location.clone().with_field("conv_len"), "must be at least 1"));
     }
     let history_ctx_len = take_count(&mut object, "history_ctx_len", location)?;
     let turn_manager_type = match object.remove("turn_manager_type") {
@@ -244,10 +223,7 @@ fn config_from_object(
                 None | Some(Value::Null) => None,
                 Some(value) => Some(probability(&value, &location.clone().with_field(field))?),
             };
-            Some(TurnManagerConfig {
-                respond_probability,
-                extra: settings,
-            })
+            Some(TurnManagerConfig { respond_probability, extra: settings })
         }
         Some(other) => {
             return Err(CorpusError::invalid(
@@ -279,11 +255,7 @@ fn config_from_yaml(path: &Path) -> Result<SdfConversationConfig, CorpusError> {
         .and_then(|discussions| discussions.get_mut("turn_taking"))
         .and_then(Value::as_object_mut);
     if let Some(turn_taking) = turn_taking {
-        let field = |name: &str| {
-            location
-                .clone()
-                .with_field(format!("discussions.turn_taking.{name}"))
-        };
+        let field = |name: &str| location.clone().with_field(format!("discussions.turn_taking.{name}"));
         if let Some(value) = turn_taking.remove("num_turns") {
             config.conv_len = Some(count(&value, &field("num_turns"))?);
         }
@@ -325,15 +297,9 @@ fn take_count(
 }
 
 fn count(value: &Value, location: &Location) -> Result<u32, CorpusError> {
-    value
-        .as_u64()
-        .and_then(|number| u32::try_from(number).ok())
-        .ok_or_else(|| {
-            CorpusError::invalid(
-                location.clone(),
-                format!("expected a whole number >= 0, found {value}"),
-            )
-        })
+    value.as_u64().and_then(|number| u32::try_from(number).ok()).ok_or_else(|| {
+        CorpusError::invalid(location.clone(), format!("expected a whole number >= 0, found {value}"))
+    })
 }
 
 fn probability(value: &Value, location: &Location) -> Result<f64, CorpusError> {

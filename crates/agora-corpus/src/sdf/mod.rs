@@ -27,8 +27,7 @@ use crate::{CorpusError, Location, input};
 pub use annotations::{read_annotations, read_annotations_for};
 pub use conversations::import_conversations;
 pub use inputs::{
-    NamedText, SdfConversationConfig, TurnManagerConfig, read_conversation_config, read_personas,
-    read_texts,
+    NamedText, SdfConversationConfig, TurnManagerConfig, read_conversation_config, read_personas, read_texts,
 };
 
 /// The corpus name of SDF conversations in agora ids: `sdf:<original id>`.
@@ -43,18 +42,13 @@ fn read_json(path: &Path) -> Result<Value, CorpusError> {
         return Err(CorpusError::invalid(Location::file(path), "empty file"));
     }
     serde_json::from_str(text).map_err(|error| {
-        CorpusError::invalid(
-            Location::line(path, error.line() as u64),
-            format!("invalid JSON: {error}"),
-        )
+        CorpusError::invalid(Location::line(path, error.line() as u64), format!("invalid JSON: {error}"))
     })
 }
 
 /// Whether a folder entry is hidden (`.DS_Store`, editor swap files): those are skipped.
 fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|name| name.to_str())
-        .is_some_and(|name| name.starts_with('.'))
+    path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with('.'))
 }
 
 /// The entries of a folder, sorted by name, hidden ones left out; the path itself when it
@@ -81,9 +75,7 @@ fn folder_files(path: &Path, extension: &str) -> Result<Vec<std::path::PathBuf>,
         if !file.is_file() || !has_extension {
             return Err(CorpusError::invalid(
                 Location::file(&file),
-                format!(
-                    "not a .{extension} file (expected only .{extension} files in this folder)"
-                ),
+                format!("not a .{extension} file (expected only .{extension} files in this folder)"),
             ));
         }
         files.push(file);
@@ -106,7 +98,5 @@ fn json_type(value: &Value) -> &'static str {
 
 /// The file name without extension, as the SDF uses it for topics and instructions.
 fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|stem| stem.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()
 }

@@ -16,10 +16,7 @@ struct YamlLine<'a> {
 }
 
 /// Parses a document that is a block mapping into a JSON object.
-pub(super) fn parse_block_mapping(
-    text: &str,
-    path: &Path,
-) -> Result<Map<String, Value>, CorpusError> {
+pub(super) fn parse_block_mapping(text: &str, path: &Path) -> Result<Map<String, Value>, CorpusError> {
     let mut lines = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let number = index as u64 + 1;
@@ -29,17 +26,9 @@ pub(super) fn parse_block_mapping(
         }
         let indent = content.len() - content.trim_start_matches(' ').len();
         if content[indent..].starts_with('\t') {
-            return Err(invalid(
-                path,
-                number,
-                "tabs are not allowed in YAML indentation",
-            ));
+            return Err(invalid(path, number, "tabs are not allowed in YAML indentation"));
         }
-        lines.push(YamlLine {
-            number,
-            indent,
-            content: &content[indent..],
-        });
+        lines.push(YamlLine { number, indent, content: &content[indent..] });
     }
     let mut position = 0;
     let indent = lines.first().map_or(0, |line| line.indent);
@@ -86,11 +75,7 @@ fn parse_mapping(
             parse_scalar(rest, path, line.number)?
         };
         if mapping.insert(key.to_string(), value).is_some() {
-            return Err(invalid(
-                path,
-                line.number,
-                &format!("key `{key}` appears twice"),
-            ));
+            return Err(invalid(path, line.number, &format!("key `{key}` appears twice")));
         }
     }
     Ok(mapping)
@@ -161,11 +146,7 @@ fn parse_double_quoted(inner: &str, path: &Path, number: u64) -> Result<String, 
                 Some('\\') => text.push('\\'),
                 Some('/') => text.push('/'),
                 _ => {
-                    return Err(invalid(
-                        path,
-                        number,
-                        "unsupported escape in a quoted string",
-                    ));
+                    return Err(invalid(path, number, "unsupported escape in a quoted string"));
                 }
             },
             other => text.push(other),
@@ -211,9 +192,7 @@ mod tests {
     }
 
     fn check_error(text: &str, expected: &str) {
-        let error = parse_block_mapping(text, Path::new("config.yml"))
-            .unwrap_err()
-            .to_string();
+        let error = parse_block_mapping(text, Path::new("config.yml")).unwrap_err().to_string();
         assert_eq!(error, expected);
     }
 
@@ -223,15 +202,9 @@ mod tests {
             "a:\n  b: 1 # one\n  c: \"x # not a comment\"\n\n  d:\n    e: 0.4\n    f: true\nname: 'it''s' \n",
             serde_json::json!({"a": {"b": 1, "c": "x # not a comment", "d": {"e": 0.4, "f": true}}, "name": "it's"}),
         );
-        check(
-            "path: /a/b.csv\nempty:\n",
-            serde_json::json!({"path": "/a/b.csv", "empty": null}),
-        );
+        check("path: /a/b.csv\nempty:\n", serde_json::json!({"path": "/a/b.csv", "empty": null}));
         // An escaped quote does not end the string, so the `#` after it is text.
-        check(
-            "say: \"a \\\" # b\" # comment\n",
-            serde_json::json!({"say": "a \" # b"}),
-        );
+        check("say: \"a \\\" # b\" # comment\n", serde_json::json!({"say": "a \" # b"}));
     }
 
     #[test]
@@ -245,10 +218,7 @@ mod tests {
             "config.yml:1: flow collections, anchors, tags and block scalars are not supported here",
         );
         check_error("a: 1\n    b: 2\n", "config.yml:2: unexpected indentation");
-        check_error(
-            "a: \"open\n",
-            "config.yml:1: unterminated double-quoted string",
-        );
+        check_error("a: \"open\n", "config.yml:1: unterminated double-quoted string");
         check_error("a: 1\na: 2\n", "config.yml:2: key `a` appears twice");
         check_error("just text\n", "config.yml:1: expected `key: value`");
     }
