@@ -106,12 +106,13 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
 )
 
-TRL_KEYS = ("messages", "prompt", "completion", "chosen", "rejected", "label")
-MESSAGE_KEYS = ("messages", "prompt", "completion", "chosen", "rejected")
+TRL_KEYS = ("text", "messages", "prompt", "completion", "chosen", "rejected", "label")
+MESSAGE_KEYS = ("text", "messages", "prompt", "completion", "chosen", "rejected")
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 # layout name -> the TRL columns it has (TRL's apply_chat_template accepts exactly these key sets)
 LAYOUTS = {
+    "language_modeling(text)": {"text"},
     "language_modeling(messages)": {"messages"},
     "prompt_only": {"prompt"},
     "prompt_completion": {"prompt", "completion"},
@@ -125,6 +126,7 @@ NAME_LAYOUTS = [
     ("preference", "preference"),
     ("kto", "unpaired_preference(kto)"),
     ("messages", "language_modeling(messages)"),
+    ("text", "language_modeling(text)"),
 ]
 
 
@@ -259,8 +261,10 @@ def check_trl_file(rep, path, tok, cache_dir, max_rows):
         if len(kinds) != 1:
             raise Failed(f"mixes standard (string) and conversational (message list) values: {sorted(kinds)}")
         conv = kinds.pop() == "conversational"
-        if lay.startswith("language_modeling") and not conv:
+        if lay == "language_modeling(messages)" and not conv:
             raise Failed("'messages' column holds strings; TRL expects a list of {role, content}")
+        if lay == "language_modeling(text)" and conv:
+            raise Failed("'text' column holds message lists; TRL's standard language-modeling format is a string")
         if ("conversational" in lname or "messages" in lname) and not conv:
             raise Failed("file name says conversational but the values are plain strings")
         if "conversational" not in lname and not lay.startswith("language_modeling") \
