@@ -1,0 +1,12 @@
+//! agora's model engine on candle: the only crate that touches candle.
+//!
+//! Architectures are written here, one self-contained file each, because candle's stock
+//! models drop gradients (fused ops without a backward pass), return last-position
+//! logits only, hide attention probabilities, and take minutes to build.
+
+mod error;
+mod lm;
+
+pub use candle_core::{DType, Device, Tensor};
+pub use error::{ModelError, Result};
+pub use lm::{Cache, LanguageModel};
