@@ -5,8 +5,11 @@
 //! logits only, hide attention probabilities, and take minutes to build.
 
 mod error;
+pub mod generate;
 mod lm;
+pub mod sampling;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{ModelError, Result};
 pub use lm::{Cache, LanguageModel};
+pub use sampling::{Sampler, SamplingConfig};
