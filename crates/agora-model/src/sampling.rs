@@ -206,7 +206,8 @@ pub fn keep_top_k(scores: &mut [f32], k: usize) {
     if k == 0 || k >= scores.len() {
         return;
     }
-    let mut sorted: Vec<f32> = scores.iter().map(|&s| if s.is_nan() { f32::NEG_INFINITY } else { s }).collect();
+    let mut sorted: Vec<f32> =
+        scores.iter().map(|&s| if s.is_nan() { f32::NEG_INFINITY } else { s }).collect();
     sorted.sort_unstable_by(|a, b| b.total_cmp(a));
     let threshold = sorted[k - 1];
     for score in scores.iter_mut() {

@@ -3,8 +3,8 @@
 //! seeded draws reproducible.
 
 use agora_model::sampling::{
-    apply_repetition_penalty, apply_temperature, argmax, ban_repeated_ngrams, draw, keep_min_p, keep_top_k,
-    keep_top_p, softmax, SplitMix64, Xoshiro256StarStar,
+    SplitMix64, Xoshiro256StarStar, apply_repetition_penalty, apply_temperature, argmax, ban_repeated_ngrams,
+    draw, keep_min_p, keep_top_k, keep_top_p, softmax,
 };
 use agora_model::{Device, Sampler, SamplingConfig, Tensor};
 
@@ -29,7 +29,11 @@ fn check(logits: &[f32], process: impl FnOnce(&mut [f32]), expected: &[f32]) {
 #[test]
 fn repetition_penalty_divides_positive_and_multiplies_negative_logits_once_per_token() {
     // transformers: RepetitionPenaltyLogitsProcessor(1.5), input_ids [0, 1, 3, 0].
-    check(&LOGITS, |s| apply_repetition_penalty(s, &[0, 1, 3, 0], 1.5), &[1.0 / 1.5, -3.0, 0.5, 2.0, -0.5, 2.0]);
+    check(
+        &LOGITS,
+        |s| apply_repetition_penalty(s, &[0, 1, 3, 0], 1.5),
+        &[1.0 / 1.5, -3.0, 0.5, 2.0, -0.5, 2.0],
+    );
     check(&LOGITS, |s| apply_repetition_penalty(s, &[0, 1, 3], 1.0), &LOGITS);
     // Out-of-vocabulary history tokens are ignored rather than panicking.
     check(&LOGITS, |s| apply_repetition_penalty(s, &[99], 2.0), &LOGITS);
