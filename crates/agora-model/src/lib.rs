@@ -5,6 +5,7 @@
 //! logits only, hide attention probabilities, and take minutes to build.
 
 mod error;
+pub mod fetch;
 pub mod generate;
 mod lm;
 pub mod sampling;
