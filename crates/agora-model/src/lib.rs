@@ -4,6 +4,7 @@
 //! models drop gradients (fused ops without a backward pass), return last-position
 //! logits only, hide attention probabilities, and take minutes to build.
 
+pub mod convert;
 mod error;
 pub mod fetch;
 pub mod generate;
