@@ -13,9 +13,13 @@
 //! `general.file_type`, set to the target's llama.cpp file type so the file does not
 //! misdescribe itself, and `general.alignment`, which must say 32 because that is how
 //! candle's writer aligns tensors. Keys are written in sorted order and tensors in their
-//! original order, so the same input always gives the same bytes. Converting from a 4-bit
-//! type adds the target's rounding to the source's: Q8_0 stays within about 1% of the
-//! source weights, Q4_0 from Q4_1 loses a little more than either alone.
+//! original order, so the same input always gives the same bytes.
+//!
+//! Converting from a 4-bit type adds the target's rounding to the source's. Measured on
+//! the default model (Q4_1): Q8_0 stays within 0.4% of each tensor's largest value and
+//! moved the next-token logits of a chat prompt by at most 0.97 (same greedy reply);
+//! Q4_0 rounds a second time at 4 bits (up to 12%), moved those logits by up to 15 and
+//! changed the greedy reply after a few tokens. Prefer Q8_0 unless memory is tight.
 
 use std::fs;
 use std::io::{BufReader, BufWriter};

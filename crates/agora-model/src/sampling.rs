@@ -211,7 +211,8 @@ pub fn keep_top_k(scores: &mut [f32], k: usize) {
     sorted.sort_unstable_by(|a, b| b.total_cmp(a));
     let threshold = sorted[k - 1];
     for score in scores.iter_mut() {
-        if !(*score >= threshold) {
+        // NaN counts as below every threshold.
+        if score.is_nan() || *score < threshold {
             *score = f32::NEG_INFINITY;
         }
     }

@@ -133,7 +133,7 @@ fn run(prompts: &[Vec<u32>], config: &SamplingConfig, options: &GenerateOptions<
 fn greedy_follows_the_model_and_is_deterministic() {
     let prompt = vec![1, 2, 3];
     let config = SamplingConfig::greedy(6);
-    let first = run(&[prompt.clone()], &config, &GenerateOptions::default());
+    let first = run(std::slice::from_ref(&prompt), &config, &GenerateOptions::default());
     assert_eq!(first[0].tokens, expected_greedy(&prompt, 6));
     assert_eq!(first[0].finish_reason, FinishReason::Length);
     assert_eq!((first[0].prompt_tokens, first[0].generated_tokens), (3, 6));
@@ -160,7 +160,7 @@ fn a_batch_of_different_lengths_equals_each_prompt_alone() {
             // row 0 stream is the same only for r == 0, so check greedy for every row
             // and sampled rows against a batch where the prompt sits at the same index.
             if config.temperature == 0.0 {
-                let alone = run(&[prompt.clone()], &config, &GenerateOptions::default());
+                let alone = run(std::slice::from_ref(prompt), &config, &GenerateOptions::default());
                 assert_eq!(batch[index].tokens, alone[0].tokens, "prompt {index}");
                 let expected = expected_greedy(prompt, 8);
                 assert_eq!(batch[index].tokens, expected[..batch[index].tokens.len()], "prompt {index}");
