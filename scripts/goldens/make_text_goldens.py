@@ -262,6 +262,52 @@ LLAMA3_1_EXTRA = [
 ]
 
 
+# Small templates that each exercise one Jinja2/transformers behaviour the renderer must copy.
+PROBES = {
+    "tojson": '{{ {"b": 1, "a": [1.5, "x\\"y", none, true, 1e-7, 100000000000000000000.0, -0.25]} | tojson }}',
+    "tojson_indent": '{{ {"b": 1, "a": {"c": []}, "d": {}, "e": [1, "two"]} | tojson(indent=2) }}',
+    "tojson_ascii_sorted": '{{ {"b": "é🙂", "a": 2} | tojson(ensure_ascii=true, sort_keys=true) }}',
+    "tojson_separators": '{{ [1, 2, {"k": "v"}] | tojson(separators=[",", ":"]) }}',
+    "tojson_no_html_escape": '{{ "tab\there <b>&</b> \'q\'" | tojson }}|{{ messages[0] | tojson }}',
+    "python_methods": (
+        '{{ "  hi  ".strip() }}|{{ "a,b,c".split(",") | join("+") }}|{{ "hello".startswith("he") }}'
+        '|{{ messages[0].content.upper() }}|{{ "Hello World".title() }}|{{ "xxhixx".lstrip("x") }}'
+        '|{{ "a-b".replace("-", "_") }}|{{ "abc".endswith(("c", "d")) }}'
+    ),
+    "python_printing": "{{ none }}|{{ true }}|{{ [1, 'a', none, false] }}|{{ {'k': 'v', 'n': 1} }}|{{ 1.0 }}|{{ 2 / 4 }}|{{ 7 // 2 }}|{{ ' a b '.split() }}",
+    "special_tokens": "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ pad_token is defined }}|{{ tools is defined }}|{{ tools is none }}|{{ documents is none }}",
+    "loop": "{% for m in messages %}{{ loop.index }}:{{ m.role | capitalize }}{% if not loop.last %}, {% endif %}{% endfor %}",
+    "whitespace_control": """{% for m in messages %}
+    {% if m.role == 'user' %}
+  U: {{ m.content }}
+    {% else %}
+  A: {{ m.content }}
+    {% endif %}
+{%- endfor %}
+  {{ 'end' }}
+""",
+    "namespace_continue": (
+        "{% set ns = namespace(n=0, last='') %}{% for m in messages %}{% if m.role == 'system' %}{% continue %}"
+        "{% endif %}{% set ns.n = ns.n + 1 %}{% set ns.last = m.role %}{% if ns.n == 2 %}{% break %}{% endif %}"
+        "{% endfor %}{{ ns.n }} {{ ns.last }}"
+    ),
+    "filters": (
+        "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join('|') }}"
+        "|{{ messages[-1]['content'][:3] }}|{{ 'x' ~ 1 }}|{{ 'a' in 'cat' }}|{{ messages | length }}"
+        "|{{ (messages | first).role }}|{{ '  pad  ' | trim }}|{{ messages[1:] | map(attribute='role') | list }}"
+    ),
+    "items": "{% for k, v in {'x': 1, 'y': [2]}.items() %}{{ k }}={{ v }};{% endfor %}{{ {'a': 1}.get('b', 'none') }}",
+    "string_iterable": "{{ 'abc' is iterable }}|{{ 'abc' is string }}|{{ {'a': 1} is mapping }}|{{ messages[0] is mapping }}|{% for c in 'ab' %}[{{ c }}]{% endfor %}",
+}
+
+PROBE_MESSAGES = [
+    {"role": "system", "content": "Sys"},
+    {"role": "user", "content": "hey you"},
+    {"role": "assistant", "content": "hello"},
+    {"role": "user", "content": "bye now"},
+]
+
+
 def gguf_metadata(path):
     reader = GGUFReader(str(path))
     return {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
@@ -363,6 +409,12 @@ def main():
                         "expected": rendered,
                     }
                 )
+    probe_tokenizer = tiny_tokenizer("<s>", "</s>")
+    probes = []
+    for name, source in PROBES.items():
+        probe_tokenizer.chat_template = source
+        rendered = probe_tokenizer.apply_chat_template(PROBE_MESSAGES, tokenize=False, add_generation_prompt=False)
+        probes.append({"name": name, "source": source, "expected": rendered})
     write_json(
         OUT / "chat_templates.json",
         {
@@ -377,6 +429,7 @@ def main():
                 for name, (source, tokenizer) in templates.items()
             },
             "renders": renders,
+            "probes": {"messages": PROBE_MESSAGES, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "cases": probes},
         },
     )
     print(f"{len(cases)} token-id cases ({differing} change without the digit split), {len(renders)} renders")

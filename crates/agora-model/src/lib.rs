@@ -4,9 +4,14 @@
 //! models drop gradients (fused ops without a backward pass), return last-position
 //! logits only, hide attention probabilities, and take minutes to build.
 
+mod chat_template;
 mod error;
+pub mod gguf_meta;
 mod lm;
+mod tokenizer;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{ModelError, Result};
+pub use chat_template::{CHATML_TEMPLATE, ChatTemplate, FALLBACK_NOTICE, Message};
 pub use lm::{Cache, LanguageModel};
+pub use tokenizer::{IncrementalDecoder, NamedChatTemplate, Tokenizer};
