@@ -25,7 +25,8 @@ use crate::{ModelError, Result};
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 /// What [`ChatTemplate::is_fallback`] callers should tell the user.
-pub const FALLBACK_NOTICE: &str = "the model has no chat template; using ChatML (<|im_start|>role ... <|im_end|>)";
+pub const FALLBACK_NOTICE: &str =
+    "the model has no chat template; using ChatML (<|im_start|>role ... <|im_end|>)";
 
 const TEMPLATE_NAME: &str = "chat_template";
 /// Marks errors raised by the template itself, so they read as the template's refusal.
@@ -90,9 +91,9 @@ impl ChatTemplate {
         environment.add_function("strftime_now", strftime_now);
         environment.add_filter("tojson", python_tojson);
         environment.set_formatter(python_formatter);
-        environment
-            .add_template_owned(TEMPLATE_NAME, source.clone())
-            .map_err(|error| ModelError::Text(format!("chat template does not compile: {}", describe(&error))))?;
+        environment.add_template_owned(TEMPLATE_NAME, source.clone()).map_err(|error| {
+            ModelError::Text(format!("chat template does not compile: {}", describe(&error)))
+        })?;
         Ok(ChatTemplate { environment, source, variables: BTreeMap::new(), is_fallback: false })
     }
 
@@ -117,9 +118,12 @@ impl ChatTemplate {
         unk_token: Option<&str>,
         pad_token: Option<&str>,
     ) -> ChatTemplate {
-        for (name, token) in
-            [("bos_token", bos_token), ("eos_token", eos_token), ("unk_token", unk_token), ("pad_token", pad_token)]
-        {
+        for (name, token) in [
+            ("bos_token", bos_token),
+            ("eos_token", eos_token),
+            ("unk_token", unk_token),
+            ("pad_token", pad_token),
+        ] {
             match token {
                 Some(token) => self.variables.insert(name.to_owned(), Value::from(token)),
                 None => self.variables.remove(name),
@@ -180,7 +184,9 @@ impl ChatTemplate {
         template.render(context).map_err(|error| {
             let raised = error.detail().and_then(|detail| detail.strip_prefix(RAISED_PREFIX));
             match raised {
-                Some(message) => ModelError::Text(format!("the chat template refused the conversation: {message}")),
+                Some(message) => {
+                    ModelError::Text(format!("the chat template refused the conversation: {message}"))
+                }
                 None => ModelError::Text(format!("chat template failed to render: {}", describe(&error))),
             }
         })
@@ -195,7 +201,9 @@ fn python_formatter(
     value: &Value,
 ) -> std::result::Result<(), minijinja::Error> {
     let text = match value.kind() {
-        ValueKind::String => return out.write_str(value.as_str().unwrap_or_default()).map_err(minijinja::Error::from),
+        ValueKind::String => {
+            return out.write_str(value.as_str().unwrap_or_default()).map_err(minijinja::Error::from);
+        }
         ValueKind::Undefined => return Ok(()),
         _ => python_str(value, false)?,
     };
@@ -216,7 +224,10 @@ fn python_str(value: &Value, nested: bool) -> std::result::Result<String, miniji
         },
         ValueKind::String if nested => python_string_repr(value.as_str().unwrap_or_default()),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items = value.try_iter()?.map(|item| python_str(&item, true)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let items = value
+                .try_iter()?
+                .map(|item| python_str(&item, true))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             format!("[{}]", items.join(", "))
         }
         ValueKind::Map => {
@@ -384,7 +395,12 @@ fn python_tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<String, m
         Some(indent) => match (indent.as_i64(), indent.as_str()) {
             (Some(width), _) => Some(" ".repeat(width.max(0) as usize)),
             (None, Some(text)) => Some(text.to_owned()),
-            _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string")),
+            _ => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an int or a string",
+                ));
+            }
         },
     };
     // Python's defaults: ", " without indent, "," with it (no trailing spaces on lines).
@@ -393,7 +409,12 @@ fn python_tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<String, m
     if let Some(separators) = kwargs.get::<Option<Vec<String>>>("separators")? {
         match separators.as_slice() {
             [item, key] => (item_separator, key_separator) = (item.clone(), key.clone()),
-            _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
+            _ => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: separators must be a pair",
+                ));
+            }
         }
     }
     kwargs.assert_all_used()?;
@@ -403,7 +424,12 @@ fn python_tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<String, m
     Ok(out)
 }
 
-fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) -> std::result::Result<(), minijinja::Error> {
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    style: &JsonStyle,
+    depth: usize,
+) -> std::result::Result<(), minijinja::Error> {
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -484,7 +510,10 @@ fn json_key(key: &Value) -> std::result::Result<String, minijinja::Error> {
             write_json_number(&mut text, key);
             Ok(text)
         }
-        other => Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: keys must be str, not {other}"))),
+        other => Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: keys must be str, not {other}"),
+        )),
     }
 }
 
@@ -580,7 +609,7 @@ mod tests {
             (1.5e16, "1.5e+16"),
             (123456789012345.0, "123456789012345.0"),
             (0.1, "0.1"),
-            (3.14, "3.14"),
+            (2.675, "2.675"),
         ];
         for (number, expected) in cases {
             assert_eq!(python_float_repr(number), expected, "{number}");
@@ -592,7 +621,10 @@ mod tests {
         // 2024-07-26 13:05:09 UTC, a Friday.
         let seconds = 1_722_000_000 - 1_722_000_000 % 86_400 + 13 * 3600 + 5 * 60 + 9;
         assert_eq!(strftime_utc("%d %b %Y", seconds).unwrap(), "26 Jul 2024");
-        assert_eq!(strftime_utc("%A %B %e, %y %H:%M:%S %p %j %%", seconds).unwrap(), "Friday July 26, 24 13:05:09 PM 208 %");
+        assert_eq!(
+            strftime_utc("%A %B %e, %y %H:%M:%S %p %j %%", seconds).unwrap(),
+            "Friday July 26, 24 13:05:09 PM 208 %"
+        );
         assert_eq!(strftime_utc("%Y-%m-%d", 0).unwrap(), "1970-01-01");
         assert!(strftime_utc("%Q", 0).is_err());
     }

@@ -88,7 +88,10 @@ impl<'a> GgufMetadata<'a> {
         match self.optional_u64(key)? {
             None => Ok(None),
             Some(number) => u32::try_from(number).map(Some).map_err(|_| {
-                ModelError::file(self.path, format!("GGUF metadata `{key}` = {number} does not fit in 32 bits"))
+                ModelError::file(
+                    self.path,
+                    format!("GGUF metadata `{key}` = {number} does not fit in 32 bits"),
+                )
             }),
         }
     }

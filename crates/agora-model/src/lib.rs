@@ -11,7 +11,7 @@ mod lm;
 mod tokenizer;
 
 pub use candle_core::{DType, Device, Tensor};
-pub use error::{ModelError, Result};
 pub use chat_template::{CHATML_TEMPLATE, ChatTemplate, FALLBACK_NOTICE, Message};
+pub use error::{ModelError, Result};
 pub use lm::{Cache, LanguageModel};
 pub use tokenizer::{IncrementalDecoder, NamedChatTemplate, Tokenizer};

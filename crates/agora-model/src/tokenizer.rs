@@ -68,10 +68,14 @@ impl Tokenizer {
     pub fn from_folder(folder: &Path) -> Result<Tokenizer> {
         let tokenizer_path = folder.join("tokenizer.json");
         if !tokenizer_path.is_file() {
-            return Err(ModelError::file(&tokenizer_path, "not found (a Hugging Face tokenizer folder needs tokenizer.json)"));
+            return Err(ModelError::file(
+                &tokenizer_path,
+                "not found (a Hugging Face tokenizer folder needs tokenizer.json)",
+            ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&tokenizer_path)
-            .map_err(|error| ModelError::file(&tokenizer_path, format!("not a valid tokenizer.json: {error}")))?;
+        let inner = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|error| {
+            ModelError::file(&tokenizer_path, format!("not a valid tokenizer.json: {error}"))
+        })?;
         let config = read_optional_json(&folder.join("tokenizer_config.json"))?;
         let special_tokens_map = read_optional_json(&folder.join("special_tokens_map.json"))?;
         let generation_config = read_optional_json(&folder.join("generation_config.json"))?;
@@ -106,13 +110,15 @@ impl Tokenizer {
             tokenizer.chat_templates.insert(0, NamedChatTemplate { name: "default".to_owned(), source });
         }
 
-        let mut eos_ids: Vec<u32> = tokenizer.eos_token.as_deref().and_then(|eos| tokenizer.token_to_id(eos)).into_iter().collect();
+        let mut eos_ids: Vec<u32> =
+            tokenizer.eos_token.as_deref().and_then(|eos| tokenizer.token_to_id(eos)).into_iter().collect();
         if let Some(generation_config) = &generation_config {
             match generation_config.get("eos_token_id") {
-                Some(JsonValue::Number(id)) => eos_ids.extend(id.as_u64().and_then(|id| u32::try_from(id).ok())),
-                Some(JsonValue::Array(ids)) => {
-                    eos_ids.extend(ids.iter().filter_map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok())))
+                Some(JsonValue::Number(id)) => {
+                    eos_ids.extend(id.as_u64().and_then(|id| u32::try_from(id).ok()))
                 }
+                Some(JsonValue::Array(ids)) => eos_ids
+                    .extend(ids.iter().filter_map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))),
                 _ => {}
             }
         }
@@ -133,7 +139,10 @@ impl Tokenizer {
     pub fn from_gguf_content(path: &Path, content: &Content) -> Result<Tokenizer> {
         let metadata = GgufMetadata::new(path, content);
         let Some(model) = metadata.optional_string("tokenizer.ggml.model")? else {
-            return Err(ModelError::file(path, "this GGUF file holds no tokenizer (no `tokenizer.ggml.model`); give a tokenizer folder instead"));
+            return Err(ModelError::file(
+                path,
+                "this GGUF file holds no tokenizer (no `tokenizer.ggml.model`); give a tokenizer folder instead",
+            ));
         };
         match model {
             "gpt2" => byte_level_from_gguf(&metadata),
@@ -141,7 +150,12 @@ impl Tokenizer {
                 path,
                 "SentencePiece GGUF tokenizers (`tokenizer.ggml.model` = \"llama\") are not supported yet; give the model's tokenizer.json folder instead",
             )),
-            other => Err(ModelError::file(path, format!("unsupported GGUF tokenizer type `tokenizer.ggml.model` = {other:?} (supported: \"gpt2\")"))),
+            other => Err(ModelError::file(
+                path,
+                format!(
+                    "unsupported GGUF tokenizer type `tokenizer.ggml.model` = {other:?} (supported: \"gpt2\")"
+                ),
+            )),
         }
     }
 
@@ -149,22 +163,27 @@ impl Tokenizer {
     /// (a BOS for Llama-style tokenizers, nothing for SmolLM2 or GPT-2). Special tokens
     /// written in the text (`<|im_end|>`) become their single ids.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|error| ModelError::Text(format!("{}: cannot encode text: {error}", self.origin.display())))?;
+        let encoding = self.inner.encode(text, add_special_tokens).map_err(|error| {
+            ModelError::Text(format!("{}: cannot encode text: {error}", self.origin.display()))
+        })?;
         Ok(encoding.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|error| ModelError::Text(format!("{}: cannot decode token ids: {error}", self.origin.display())))
+        self.inner.decode(ids, skip_special_tokens).map_err(|error| {
+            ModelError::Text(format!("{}: cannot decode token ids: {error}", self.origin.display()))
+        })
     }
 
     /// A decoder for streaming: text comes out only once its characters are complete.
     pub fn incremental_decoder(&self, skip_special_tokens: bool) -> IncrementalDecoder<'_> {
-        IncrementalDecoder { tokenizer: self, skip_special_tokens, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+        IncrementalDecoder {
+            tokenizer: self,
+            skip_special_tokens,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -226,14 +245,19 @@ impl Tokenizer {
             .find(|template| template.name == "default")
             .or(if self.chat_templates.len() == 1 { self.chat_templates.first() } else { None });
         let template = match (chosen, self.chat_templates.is_empty()) {
-            (Some(template), _) => ChatTemplate::new(template.source.clone())
-                .map_err(|error| ModelError::file(&self.origin, format!("chat template {:?}: {error}", template.name)))?,
+            (Some(template), _) => ChatTemplate::new(template.source.clone()).map_err(|error| {
+                ModelError::file(&self.origin, format!("chat template {:?}: {error}", template.name))
+            })?,
             (None, true) => ChatTemplate::chatml_fallback(),
             (None, false) => {
-                let names: Vec<&str> = self.chat_templates.iter().map(|template| template.name.as_str()).collect();
+                let names: Vec<&str> =
+                    self.chat_templates.iter().map(|template| template.name.as_str()).collect();
                 return Err(ModelError::file(
                     &self.origin,
-                    format!("several chat templates ({}) and none named \"default\"; pick one with chat_template_named", names.join(", ")),
+                    format!(
+                        "several chat templates ({}) and none named \"default\"; pick one with chat_template_named",
+                        names.join(", ")
+                    ),
                 ));
             }
         };
@@ -266,8 +290,9 @@ impl Tokenizer {
         tokens
             .iter()
             .map(|token| {
-                self.token_to_id(token)
-                    .ok_or_else(|| ModelError::Text(format!("special token {token:?} was not added to the vocabulary")))
+                self.token_to_id(token).ok_or_else(|| {
+                    ModelError::Text(format!("special token {token:?} was not added to the vocabulary"))
+                })
             })
             .collect()
     }
@@ -288,7 +313,10 @@ impl Tokenizer {
             .map(|(id, _)| *id)
             .collect();
         let mut ids = Vec::new();
-        let known = END_OF_GENERATION_TOKENS.iter().filter_map(|token| self.token_to_id(token)).filter(|id| special_ids.contains(id));
+        let known = END_OF_GENERATION_TOKENS
+            .iter()
+            .filter_map(|token| self.token_to_id(token))
+            .filter(|id| special_ids.contains(id));
         for id in configured.into_iter().chain(known) {
             if !ids.contains(&id) {
                 ids.push(id);
@@ -317,7 +345,9 @@ impl IncrementalDecoder<'_> {
     /// Adds one token; returns the new text if it completes at least one character.
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
+        let prefix = self
+            .tokenizer
+            .decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
         let text = self.tokenizer.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
         // A trailing U+FFFD is a character whose remaining bytes are still to come.
         if text.len() <= prefix.len() || text.ends_with('\u{FFFD}') {
@@ -340,7 +370,9 @@ impl IncrementalDecoder<'_> {
     /// Whatever is held back at the end of the stream (an incomplete character comes out as
     /// U+FFFD, as a full decode would give it).
     pub fn finish(&mut self) -> Result<String> {
-        let prefix = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
+        let prefix = self
+            .tokenizer
+            .decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
         let text = self.tokenizer.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
         self.ids.clear();
         self.prefix_offset = 0;
@@ -356,7 +388,8 @@ fn read_optional_json(path: &Path) -> Result<Option<JsonValue>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|error| ModelError::file(path, format!("not valid JSON: {error}")))
@@ -375,7 +408,9 @@ fn token_text(value: Option<&JsonValue>) -> Option<String> {
 fn parse_chat_templates(value: &JsonValue, path: &Path) -> Result<Vec<NamedChatTemplate>> {
     match value {
         JsonValue::Null => Ok(Vec::new()),
-        JsonValue::String(source) => Ok(vec![NamedChatTemplate { name: "default".to_owned(), source: source.clone() }]),
+        JsonValue::String(source) => {
+            Ok(vec![NamedChatTemplate { name: "default".to_owned(), source: source.clone() }])
+        }
         JsonValue::Array(entries) => entries
             .iter()
             .enumerate()
@@ -383,8 +418,13 @@ fn parse_chat_templates(value: &JsonValue, path: &Path) -> Result<Vec<NamedChatT
                 let name = entry.get("name").and_then(JsonValue::as_str);
                 let source = entry.get("template").and_then(JsonValue::as_str);
                 match (name, source) {
-                    (Some(name), Some(source)) => Ok(NamedChatTemplate { name: name.to_owned(), source: source.to_owned() }),
-                    _ => Err(ModelError::file(path, format!("chat_template[{index}] needs a string `name` and `template`"))),
+                    (Some(name), Some(source)) => {
+                        Ok(NamedChatTemplate { name: name.to_owned(), source: source.to_owned() })
+                    }
+                    _ => Err(ModelError::file(
+                        path,
+                        format!("chat_template[{index}] needs a string `name` and `template`"),
+                    )),
                 }
             })
             .collect(),
@@ -414,8 +454,9 @@ fn byte_level_alphabet() -> [char; 256] {
 fn byte_level_pre_tokenizer(pre: Option<&str>, path: &Path) -> Result<PreTokenizerWrapper> {
     let gpt2 = || PreTokenizerWrapper::from(ByteLevel::new(false, true, true));
     let split_then_bytes = |pattern: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(SplitPattern::Regex(pattern.to_owned()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|error| ModelError::Text(format!("split regex: {error}")))?;
+        let split =
+            Split::new(SplitPattern::Regex(pattern.to_owned()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|error| ModelError::Text(format!("split regex: {error}")))?;
         Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
     };
     match pre {
@@ -427,13 +468,15 @@ fn byte_level_pre_tokenizer(pre: Option<&str>, path: &Path) -> Result<PreTokeniz
             Ok(Sequence::new(vec![Digits::new(true).into(), gpt2()]).into())
         }
         Some(
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "dbrx"
-            | "smaug-bpe",
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
+            | "dbrx" | "smaug-bpe",
         ) => split_then_bytes(LLAMA3_SPLIT),
         Some("qwen2" | "deepseek-r1-qwen" | "megrez") => split_then_bytes(QWEN2_SPLIT),
         Some(other) => Err(ModelError::file(
             path,
-            format!("unsupported GGUF pre-tokenizer `tokenizer.ggml.pre` = {other:?} (supported: smollm, gpt2, llama-bpe/llama3, qwen2 and their aliases)"),
+            format!(
+                "unsupported GGUF pre-tokenizer `tokenizer.ggml.pre` = {other:?} (supported: smollm, gpt2, llama-bpe/llama3, qwen2 and their aliases)"
+            ),
         )),
     }
 }
@@ -473,16 +516,21 @@ fn byte_level_from_gguf(metadata: &GgufMetadata<'_>) -> Result<Tokenizer> {
         .enumerate()
         .map(|(index, merge)| match merge.split_once(' ') {
             Some((left, right)) => Ok((left.to_owned(), right.to_owned())),
-            None => Err(ModelError::file(path, format!("`tokenizer.ggml.merges[{index}]` = {merge:?} is not two tokens"))),
+            None => Err(ModelError::file(
+                path,
+                format!("`tokenizer.ggml.merges[{index}]` = {merge:?} is not two tokens"),
+            )),
         })
         .collect::<Result<Vec<_>>>()?;
-    let model = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|error| ModelError::file(path, format!("cannot build the BPE model from the GGUF vocabulary: {error}")))?;
+    let model = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|error| {
+        ModelError::file(path, format!("cannot build the BPE model from the GGUF vocabulary: {error}"))
+    })?;
 
     let mut inner = tokenizers::Tokenizer::new(model);
-    inner.with_pre_tokenizer(Some(byte_level_pre_tokenizer(metadata.optional_string("tokenizer.ggml.pre")?, path)?));
+    inner.with_pre_tokenizer(Some(byte_level_pre_tokenizer(
+        metadata.optional_string("tokenizer.ggml.pre")?,
+        path,
+    )?));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
 
     // Control tokens become special added tokens (matched whole, skippable); user-defined
@@ -493,7 +541,8 @@ fn byte_level_from_gguf(metadata: &GgufMetadata<'_>) -> Result<Tokenizer> {
             .iter()
             .zip(types)
             .filter(|(token, kind)| {
-                **kind == TOKEN_TYPE_CONTROL && token.chars().all(|character| in_alphabet.contains(&character))
+                **kind == TOKEN_TYPE_CONTROL
+                    && token.chars().all(|character| in_alphabet.contains(&character))
             })
             .map(|(token, _)| AddedToken::from(*token, true).normalized(false))
             .collect();
@@ -506,18 +555,17 @@ fn byte_level_from_gguf(metadata: &GgufMetadata<'_>) -> Result<Tokenizer> {
             .filter(|(token, kind)| **kind == TOKEN_TYPE_USER_DEFINED && inner.token_to_id(token).is_some())
             .map(|(token, _)| AddedToken::from(*token, false).normalized(false))
             .collect();
-        inner
-            .add_tokens(user_defined)
-            .map_err(|error| ModelError::file(path, format!("cannot add the user-defined tokens: {error}")))?;
+        inner.add_tokens(user_defined).map_err(|error| {
+            ModelError::file(path, format!("cannot add the user-defined tokens: {error}"))
+        })?;
     }
 
     let token_at = |key: &str| -> Result<Option<String>> {
         match metadata.optional_u32(key)? {
             None => Ok(None),
-            Some(id) => tokens
-                .get(id as usize)
-                .map(|token| Some((*token).to_owned()))
-                .ok_or_else(|| ModelError::file(path, format!("`{key}` = {id} is outside the {} tokens", tokens.len()))),
+            Some(id) => tokens.get(id as usize).map(|token| Some((*token).to_owned())).ok_or_else(|| {
+                ModelError::file(path, format!("`{key}` = {id} is outside the {} tokens", tokens.len()))
+            }),
         }
     };
     let bos_token = token_at("tokenizer.ggml.bos_token_id")?;
@@ -543,9 +591,12 @@ fn byte_level_from_gguf(metadata: &GgufMetadata<'_>) -> Result<Tokenizer> {
         chat_templates: Vec::new(),
     };
     if let Some(source) = metadata.optional_string("tokenizer.chat_template")? {
-        tokenizer.chat_templates.push(NamedChatTemplate { name: "default".to_owned(), source: source.to_owned() });
+        tokenizer
+            .chat_templates
+            .push(NamedChatTemplate { name: "default".to_owned(), source: source.to_owned() });
     }
-    let mut configured: Vec<u32> = tokenizer.eos_token.as_deref().and_then(|eos| tokenizer.token_to_id(eos)).into_iter().collect();
+    let mut configured: Vec<u32> =
+        tokenizer.eos_token.as_deref().and_then(|eos| tokenizer.token_to_id(eos)).into_iter().collect();
     for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
         configured.extend(metadata.optional_u32(key)?);
     }
@@ -564,9 +615,9 @@ fn special_token_template(
     let mut pair: Vec<String> = Vec::new();
     let mut special_tokens: Vec<(String, u32)> = Vec::new();
     for token in [bos, eos].into_iter().flatten() {
-        let id = inner
-            .token_to_id(token)
-            .ok_or_else(|| ModelError::file(path, format!("special token {token:?} is not in the vocabulary")))?;
+        let id = inner.token_to_id(token).ok_or_else(|| {
+            ModelError::file(path, format!("special token {token:?} is not in the vocabulary"))
+        })?;
         if !special_tokens.iter().any(|(known, _)| known == token) {
             special_tokens.push((token.to_owned(), id));
         }
@@ -582,7 +633,8 @@ fn special_token_template(
             }
         }
     }
-    let build_error = |error: String| ModelError::file(path, format!("cannot build the special-token template: {error}"));
+    let build_error =
+        |error: String| ModelError::file(path, format!("cannot build the special-token template: {error}"));
     TemplateProcessing::builder()
         .try_single(single)
         .map_err(build_error)?

@@ -46,11 +46,21 @@ fn templates_render_like_transformers() {
             token(spec, "unk_token"),
             token(spec, "pad_token"),
         );
-        let label = format!("{name}/{}/agp={}", case["conversation"].as_str().unwrap(), case["add_generation_prompt"]);
+        let label = format!(
+            "{name}/{}/agp={}",
+            case["conversation"].as_str().unwrap(),
+            case["add_generation_prompt"]
+        );
         failures.extend(check(&label, &template, case));
     }
     assert!(renders.len() >= 40, "too few golden renders: {}", renders.len());
-    assert!(failures.is_empty(), "{} of {} renders differ:\n{}", failures.len(), renders.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} renders differ:\n{}",
+        failures.len(),
+        renders.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -86,12 +96,16 @@ fn builtin_chatml_is_the_golden_chatml() {
     let fallback = ChatTemplate::chatml_fallback();
     assert!(fallback.is_fallback());
     let rendered = fallback.render(&[Message::user("Hi"), Message::assistant("Hello")], true).unwrap();
-    assert_eq!(rendered, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        rendered,
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]
 fn syntax_error_names_the_problem() {
-    let error = ChatTemplate::new("{% for message in messages %}{{ message.content }}").unwrap_err().to_string();
+    let error =
+        ChatTemplate::new("{% for message in messages %}{{ message.content }}").unwrap_err().to_string();
     assert!(error.contains("chat template does not compile"), "{error}");
     assert!(error.contains("chat_template:1"), "{error}");
 }
@@ -102,7 +116,10 @@ fn raise_exception_becomes_an_error() {
     let template = ChatTemplate::new(source).unwrap();
     assert_eq!(template.render(&[Message::user("hi")], false).unwrap(), "ok");
     let error = template.render(&[Message::assistant("hi")], false).unwrap_err().to_string();
-    assert_eq!(error, "the chat template refused the conversation: Conversations must start with a user turn");
+    assert_eq!(
+        error,
+        "the chat template refused the conversation: Conversations must start with a user turn"
+    );
 }
 
 #[test]
