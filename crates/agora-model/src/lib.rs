@@ -4,14 +4,19 @@
 //! models drop gradients (fused ops without a backward pass), return last-position
 //! logits only, hide attention probabilities, and take minutes to build.
 
+mod chat_template;
 pub mod convert;
 mod error;
 pub mod fetch;
 pub mod generate;
+pub mod gguf_meta;
 mod lm;
 pub mod sampling;
+mod tokenizer;
 
 pub use candle_core::{DType, Device, Tensor};
+pub use chat_template::{CHATML_TEMPLATE, ChatTemplate, FALLBACK_NOTICE, Message};
 pub use error::{ModelError, Result};
 pub use lm::{Cache, LanguageModel};
 pub use sampling::{Sampler, SamplingConfig};
+pub use tokenizer::{IncrementalDecoder, NamedChatTemplate, Tokenizer};
