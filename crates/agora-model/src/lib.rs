@@ -7,6 +7,12 @@
 mod error;
 mod lm;
 
+pub mod gpt2;
+pub mod llama;
+pub mod ops;
+pub mod weights;
+
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{ModelError, Result};
 pub use lm::{Cache, LanguageModel};
+pub use weights::{Model, Precision, Trainable};
