@@ -10,6 +10,7 @@ mod lm;
 pub mod gpt2;
 pub mod llama;
 pub mod ops;
+pub mod scoring;
 pub mod weights;
 
 pub use candle_core::{DType, Device, Tensor};
