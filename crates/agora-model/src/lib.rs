@@ -7,6 +7,7 @@
 mod error;
 mod lm;
 
+pub mod checkpoint;
 pub mod gpt2;
 pub mod llama;
 pub mod ops;

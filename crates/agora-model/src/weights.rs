@@ -104,6 +104,17 @@ pub enum Embedding {
 impl Embedding {
     /// Rows of `ids` (`[batch, seq]`, u32): `[batch, seq, hidden]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        // Out-of-range ids are user input, not a reason to index out of bounds.
+        let rows = self.rows()?;
+        if ids.elem_count() > 0 {
+            let largest = ids.flatten_all()?.max(0)?.to_dtype(candle_core::DType::U32)?;
+            let largest = largest.to_scalar::<u32>()? as usize;
+            if largest >= rows {
+                return Err(ModelError::Config(format!(
+                    "token id {largest} is outside the embedding table ({rows} rows)"
+                )));
+            }
+        }
         match self {
             Embedding::Dense(table) => {
                 let (batch, seq) = ids.dims2()?;
@@ -146,6 +157,8 @@ pub enum RowOrder {
 enum Store {
     Safetensors {
         tensors: MmapedSafetensors,
+        /// `model.safetensors`, or the index of a sharded checkpoint.
+        origin: PathBuf,
         /// The shard holding each tensor, for error messages.
         files: HashMap<String, PathBuf>,
     },
@@ -178,17 +191,17 @@ impl<'a> WeightSource<'a> {
     pub fn from_hf_dir(dir: &Path, device: &Device, trainable: Trainable<'a>) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let shards: Vec<PathBuf> = if single.is_file() {
-            vec![single]
+        let (origin, shards) = if single.is_file() {
+            (single.clone(), vec![single])
         } else if index.is_file() {
-            shard_files(dir, &index)?
+            (index.clone(), shard_files(dir, &index)?)
         } else {
             return Err(ModelError::file(
                 dir,
                 "no model.safetensors or model.safetensors.index.json in this folder",
             ));
         };
-        let tensors = mmap_safetensors(&shards)?;
+        // Each shard alone first, so a broken one is named in the error.
         let mut files = HashMap::new();
         for shard in &shards {
             let one = mmap_safetensors(std::slice::from_ref(shard))?;
@@ -196,8 +209,9 @@ impl<'a> WeightSource<'a> {
                 files.insert(name, shard.clone());
             }
         }
+        let tensors = mmap_safetensors(&shards)?;
         Ok(WeightSource {
-            store: Store::Safetensors { tensors, files },
+            store: Store::Safetensors { tensors, origin, files },
             device: device.clone(),
             trainable,
         })
@@ -233,9 +247,7 @@ impl<'a> WeightSource<'a> {
 
     pub fn path(&self) -> &Path {
         match &self.store {
-            Store::Safetensors { files, .. } => {
-                files.values().next().map_or(Path::new("model.safetensors"), |path| path)
-            }
+            Store::Safetensors { origin, .. } => origin,
             Store::Gguf { path, .. } => path,
         }
     }
@@ -493,7 +505,7 @@ fn mmap_safetensors(files: &[PathBuf]) -> Result<MmapedSafetensors> {
     // bounds are validated by the safetensors crate before any tensor is read.
     let tensors = unsafe { MmapedSafetensors::multi(files) };
     tensors.map_err(|error| {
-        let path = if files.len() == 1 { files[0].clone() } else { PathBuf::from(".") };
+        let path = files.first().cloned().unwrap_or_default();
         ModelError::file(path, format!("not a valid safetensors file: {error}"))
     })
 }
