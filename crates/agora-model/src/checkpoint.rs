@@ -32,8 +32,7 @@ pub fn save_varmap(varmap: &VarMap, path: &Path) -> Result<()> {
 /// `dir/config.json` from `config` (usually the `config.json` the model was loaded from,
 /// with `vocab_size` updated after a resize).
 pub fn save_checkpoint(varmap: &VarMap, config: &serde_json::Value, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
     let config_path = dir.join("config.json");
     let partial = partial_path(&config_path);
     let text = serde_json::to_string_pretty(config)
@@ -68,15 +67,13 @@ mod tests {
         let varmap = VarMap::new();
         Model::from_hf_dir(&source, &Device::Cpu, Trainable::Yes(&varmap)).unwrap();
         let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         save_checkpoint(&varmap, &config, dir.path()).unwrap();
         assert!(!dir.path().join("model.safetensors.partial").exists());
 
         let reloaded = Model::load(dir.path(), &Device::Cpu).unwrap();
-        let golden =
-            candle_core::safetensors::load(source.join("golden.safetensors"), &Device::Cpu).unwrap();
+        let golden = candle_core::safetensors::load(source.join("golden.safetensors"), &Device::Cpu).unwrap();
         let tokens = golden["input_ids"].to_dtype(DType::U32).unwrap();
         let logits = reloaded.forward(&tokens, None, &mut reloaded.new_cache()).unwrap();
         let difference = (logits - &golden["logits"]).unwrap().abs().unwrap();

@@ -115,8 +115,7 @@ impl Gpt2 {
                 config.n_embd, config.n_head
             )));
         }
-        let prefix =
-            if source.contains("transformer.wte.weight") { "transformer." } else { "" }.to_string();
+        let prefix = if source.contains("transformer.wte.weight") { "transformer." } else { "" }.to_string();
         let hidden = config.n_embd;
         let inner = config.n_inner.unwrap_or(4 * hidden);
         let wte = source.embedding(&format!("{prefix}wte.weight"), config.vocab_size, hidden)?;
@@ -292,9 +291,7 @@ impl LanguageModel for Gpt2 {
         let eps = self.config.layer_norm_epsilon;
         let mut hidden = (self.wte.forward(tokens)? + self.wpe.forward(&positions)?)?;
         let mut captured = Vec::new();
-        for (layer, (block, layer_cache)) in
-            self.blocks.iter().zip(cache.layers.iter_mut()).enumerate()
-        {
+        for (layer, (block, layer_cache)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             let normed = ops::layer_norm(&hidden, &block.ln_1_weight, &block.ln_1_bias, eps)?;
             let (attended, probabilities) =
                 self.attention(layer, block, &normed, attention_mask.as_ref(), layer_cache)?;

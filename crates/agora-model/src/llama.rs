@@ -157,9 +157,7 @@ impl LlamaConfig {
         let rope_scaling = if gguf.content.tensor_infos.contains_key("rope_freqs.weight") {
             let factors = gguf.dense("rope_freqs.weight", &Device::Cpu)?.flatten_all()?;
             RopeScaling::Factors(factors.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
-        } else if gguf.has(&key("rope.scaling.type"))
-            && gguf.string(&key("rope.scaling.type"))? == "linear"
-        {
+        } else if gguf.has(&key("rope.scaling.type")) && gguf.string(&key("rope.scaling.type"))? == "linear" {
             RopeScaling::Linear { factor: gguf.f64(&key("rope.scaling.factor"))? }
         } else {
             RopeScaling::None
@@ -334,9 +332,21 @@ impl Llama {
                 o_proj: linear("self_attn.o_proj", hidden, query_width, false, RowOrder::AsStored)?,
                 post_attention_norm: source
                     .tensor(&format!("{prefix}.post_attention_layernorm.weight"), &[hidden])?,
-                gate_proj: linear("mlp.gate_proj", config.intermediate_size, hidden, false, RowOrder::AsStored)?,
+                gate_proj: linear(
+                    "mlp.gate_proj",
+                    config.intermediate_size,
+                    hidden,
+                    false,
+                    RowOrder::AsStored,
+                )?,
                 up_proj: linear("mlp.up_proj", config.intermediate_size, hidden, false, RowOrder::AsStored)?,
-                down_proj: linear("mlp.down_proj", hidden, config.intermediate_size, false, RowOrder::AsStored)?,
+                down_proj: linear(
+                    "mlp.down_proj",
+                    hidden,
+                    config.intermediate_size,
+                    false,
+                    RowOrder::AsStored,
+                )?,
             });
         }
         let norm = source.tensor("model.norm.weight", &[hidden])?;
@@ -348,15 +358,7 @@ impl Llama {
             source.linear("lm_head.weight", config.vocab_size, hidden, None, RowOrder::AsStored)?
         };
         let rotary = Rotary::new(config.head_dim, config.rope_theta, &config.rope_scaling, source.device())?;
-        Ok(Llama {
-            config,
-            embed_tokens,
-            blocks,
-            norm,
-            lm_head,
-            rotary,
-            device: source.device().clone(),
-        })
+        Ok(Llama { config, embed_tokens, blocks, norm, lm_head, rotary, device: source.device().clone() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -396,8 +398,7 @@ impl Llama {
         let keys = ops::repeat_kv(keys, repeats)?;
         let values = ops::repeat_kv(values, repeats)?;
         let (output, probabilities) = ops::attention(&queries, &keys, &values, mask)?;
-        let output =
-            output.transpose(1, 2)?.reshape((batch, seq, config.heads * config.head_dim))?;
+        let output = output.transpose(1, 2)?.reshape((batch, seq, config.heads * config.head_dim))?;
         Ok((block.o_proj.forward(&output)?, probabilities))
     }
 

@@ -177,8 +177,7 @@ mod tests {
     /// Reference: log_softmax of transformers' full-sequence logits.
     fn reference(name: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
         let golden =
-            candle_core::safetensors::load(model_dir(name).join("golden.safetensors"), &Device::Cpu)
-                .unwrap();
+            candle_core::safetensors::load(model_dir(name).join("golden.safetensors"), &Device::Cpu).unwrap();
         let ids = golden["input_ids"].to_dtype(DType::U32).unwrap().get(0).unwrap();
         let logits = golden["logits"].get(0).unwrap();
         let logprobs = crate::ops::log_softmax_last_dim(&logits).unwrap();
@@ -216,10 +215,9 @@ mod tests {
     #[test]
     fn sequence_logprobs_are_differentiable() {
         let varmap = candle_nn::VarMap::new();
-        let model =
-            Model::from_hf_dir(&model_dir("llama"), &Device::Cpu, Trainable::Yes(&varmap)).unwrap();
-        let sums = sequence_logprobs(&model, &[vec![1, 2, 3], vec![4]], &[vec![5, 6], vec![7, 8, 9]])
-            .unwrap();
+        let model = Model::from_hf_dir(&model_dir("llama"), &Device::Cpu, Trainable::Yes(&varmap)).unwrap();
+        let sums =
+            sequence_logprobs(&model, &[vec![1, 2, 3], vec![4]], &[vec![5, 6], vec![7, 8, 9]]).unwrap();
         let gradients = sums.sum_all().unwrap().backward().unwrap();
         let embedding = varmap.data().lock().unwrap()["model.embed_tokens.weight"].clone();
         let gradient = gradients.get(embedding.as_tensor()).unwrap();

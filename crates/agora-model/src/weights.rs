@@ -136,9 +136,7 @@ impl Embedding {
     pub fn as_linear(&self) -> Result<Linear> {
         let weight = match self {
             Embedding::Dense(table) => Weight::Dense(table.clone()),
-            Embedding::Quantized(table) => {
-                Weight::Quantized(Arc::new(QMatMul::from_arc(table.clone())?))
-            }
+            Embedding::Quantized(table) => Weight::Quantized(Arc::new(QMatMul::from_arc(table.clone())?)),
         };
         Ok(Linear { weight, bias: None })
     }
@@ -151,7 +149,9 @@ pub enum RowOrder {
     /// llama.cpp's converter permutes the rows of Llama's q/k projections (per head, it
     /// interleaves the two halves that `rotate_half` pairs) so that its interleaved rope
     /// applies. Loading undoes it, so one rotary implementation serves both formats.
-    LlamaCppRope { heads: usize },
+    LlamaCppRope {
+        heads: usize,
+    },
 }
 
 enum Store {
@@ -226,8 +226,7 @@ impl<'a> WeightSource<'a> {
         stored_name: fn(&str) -> String,
     ) -> Self {
         // Training needs dense f32 variables whatever was asked.
-        let precision =
-            if matches!(trainable, Trainable::Yes(_)) { Precision::F32 } else { precision };
+        let precision = if matches!(trainable, Trainable::Yes(_)) { Precision::F32 } else { precision };
         WeightSource {
             store: Store::Gguf {
                 content: gguf.content,
@@ -272,24 +271,17 @@ impl<'a> WeightSource<'a> {
     pub fn contains(&self, name: &str) -> bool {
         match &self.store {
             Store::Safetensors { files, .. } => files.contains_key(name),
-            Store::Gguf { content, stored_name, .. } => {
-                content.tensor_infos.contains_key(&stored_name(name))
-            }
+            Store::Gguf { content, stored_name, .. } => content.tensor_infos.contains_key(&stored_name(name)),
         }
     }
 
     fn error(&self, name: &str, message: impl std::fmt::Display) -> ModelError {
-        ModelError::file(
-            self.file_of(name),
-            format!("tensor `{}`: {message}", self.stored_name(name)),
-        )
+        ModelError::file(self.file_of(name), format!("tensor `{}`: {message}", self.stored_name(name)))
     }
 
     fn check_shape(&self, name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
         if actual != expected {
-            return Err(
-                self.error(name, format!("has shape {actual:?}, expected {expected:?}"))
-            );
+            return Err(self.error(name, format!("has shape {actual:?}, expected {expected:?}")));
         }
         Ok(())
     }
@@ -304,16 +296,14 @@ impl<'a> WeightSource<'a> {
     fn read_dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         match &self.store {
             Store::Safetensors { tensors, .. } => {
-                let view = tensors
-                    .get(name)
-                    .map_err(|_| self.error(name, "missing from the checkpoint"))?;
+                let view = tensors.get(name).map_err(|_| self.error(name, "missing from the checkpoint"))?;
                 self.check_shape(name, view.shape(), shape)?;
-                let tensor = view.load(&self.device).map_err(|error| self.error(name, error))?;
+                let tensor = view.load(&self.device).map_err(|error| self.error(name, describe(error)))?;
                 Ok(tensor.to_dtype(DType::F32)?)
             }
             Store::Gguf { .. } => {
                 let quantized = self.read_quantized(name, shape)?;
-                quantized.dequantize(&self.device).map_err(|error| self.error(name, error))
+                quantized.dequantize(&self.device).map_err(|error| self.error(name, describe(error)))
             }
         }
     }
@@ -330,7 +320,7 @@ impl<'a> WeightSource<'a> {
         self.check_shape(name, info.shape.dims(), shape)?;
         let mut reader = file;
         info.read(&mut reader, content.tensor_data_offset, &self.device)
-            .map_err(|error| self.error(name, error))
+            .map_err(|error| self.error(name, describe(error)))
     }
 
     fn register(&self, name: &str, tensor: Tensor) -> Result<Tensor> {
@@ -393,13 +383,7 @@ impl<'a> WeightSource<'a> {
     }
 
     /// A GPT-2 `Conv1D` weight, stored `[in, out]`, with its bias.
-    pub fn conv1d(
-        &self,
-        name: &str,
-        in_features: usize,
-        out_features: usize,
-        bias: &str,
-    ) -> Result<Linear> {
+    pub fn conv1d(&self, name: &str, in_features: usize, out_features: usize, bias: &str) -> Result<Linear> {
         let weight = self.tensor(name, &[in_features, out_features])?;
         let bias = self.tensor(bias, &[out_features])?;
         Ok(Linear { weight: Weight::DenseInOut(weight), bias: Some(bias) })
@@ -411,10 +395,8 @@ impl<'a> WeightSource<'a> {
 pub(crate) fn register_var(varmap: &VarMap, name: &str, tensor: Tensor) -> Result<Tensor> {
     let var = Var::from_tensor(&tensor)?;
     let tensor = var.as_tensor().clone();
-    let mut vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| ModelError::Config("the VarMap lock is poisoned".to_string()))?;
+    let mut vars =
+        varmap.data().lock().map_err(|_| ModelError::Config("the VarMap lock is poisoned".to_string()))?;
     vars.insert(name.to_string(), var);
     Ok(tensor)
 }
@@ -424,16 +406,10 @@ pub(crate) fn register_var(varmap: &VarMap, name: &str, tensor: Tensor) -> Resul
 fn unpermute_rows(tensor: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, columns) = tensor.dims2()?;
     if heads == 0 || rows % (2 * heads) != 0 {
-        return Err(ModelError::Config(format!(
-            "{rows} rows cannot be split into {heads} rotary heads"
-        )));
+        return Err(ModelError::Config(format!("{rows} rows cannot be split into {heads} rotary heads")));
     }
     let half = rows / heads / 2;
-    Ok(tensor
-        .reshape((heads, half, 2, columns))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, columns))?)
+    Ok(tensor.reshape((heads, half, 2, columns))?.transpose(1, 2)?.contiguous()?.reshape((rows, columns))?)
 }
 
 /// The same row permutation on quantized bytes: quantized blocks run along rows, so
@@ -441,9 +417,7 @@ fn unpermute_rows(tensor: &Tensor, heads: usize) -> Result<Tensor> {
 fn unpermute_quantized_rows(table: &QTensor, heads: usize, device: &Device) -> Result<QTensor> {
     let (rows, columns) = table.shape().dims2()?;
     if heads == 0 || rows % (2 * heads) != 0 {
-        return Err(ModelError::Config(format!(
-            "{rows} rows cannot be split into {heads} rotary heads"
-        )));
+        return Err(ModelError::Config(format!("{rows} rows cannot be split into {heads} rotary heads")));
     }
     let dtype: GgmlDType = table.dtype();
     let row_bytes = columns / dtype.block_size() * dtype.type_size();
@@ -506,7 +480,7 @@ fn mmap_safetensors(files: &[PathBuf]) -> Result<MmapedSafetensors> {
     let tensors = unsafe { MmapedSafetensors::multi(files) };
     tensors.map_err(|error| {
         let path = files.first().cloned().unwrap_or_default();
-        ModelError::file(path, format!("not a valid safetensors file: {error}"))
+        ModelError::file(path, format!("not a valid safetensors file: {}", describe(error)))
     })
 }
 
@@ -521,10 +495,17 @@ pub struct Gguf {
 /// Opens a GGUF file and parses its metadata and tensor directory (tensors are read
 /// later, one at a time).
 pub fn read_gguf(path: &Path) -> Result<Gguf> {
-    let mut file =
-        File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|error| ModelError::file(path, format!("not a valid GGUF file: {error}")))?;
+    let mut file = File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let content = gguf_file::Content::read(&mut file).map_err(|error| {
+        let mut message = format!("not a valid GGUF file: {}", describe(error));
+        if message.contains("unknown dtype") {
+            message.push_str(
+                " (a GGUF tensor type candle cannot read, such as the IQ* and TQ* families; \
+                 re-quantize with llama.cpp's llama-quantize to Q4_0, Q4_K, Q8_0 or F16)",
+            );
+        }
+        ModelError::file(path, message)
+    })?;
     Ok(Gguf { content, file, path: path.to_path_buf() })
 }
 
@@ -599,8 +580,19 @@ impl Gguf {
         let tensor = info
             .read(&mut self.file, self.content.tensor_data_offset, device)
             .and_then(|tensor| tensor.dequantize(device))
-            .map_err(|error| ModelError::file(&path, format!("tensor `{name}`: {error}")))?;
+            .map_err(|error| ModelError::file(&path, format!("tensor `{name}`: {}", describe(error))))?;
         Ok(tensor)
+    }
+}
+
+/// The message of a candle error without the backtrace and the path candle may attach
+/// (our errors name the file themselves).
+pub(crate) fn describe(error: candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } | candle_core::Error::WithPath { inner, .. } => {
+            describe(*inner)
+        }
+        other => other.to_string(),
     }
 }
 

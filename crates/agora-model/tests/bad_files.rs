@@ -36,10 +36,7 @@ fn check(path: &Path, expected: &[&str]) {
         Ok(_) => panic!("{} loaded", path.display()),
         Err(error) => error,
     };
-    assert!(
-        matches!(error, ModelError::File { .. } | ModelError::Io { .. }),
-        "not a file error: {error:?}"
-    );
+    assert!(matches!(error, ModelError::File { .. } | ModelError::Io { .. }), "not a file error: {error:?}");
     let message = error.to_string();
     eprintln!("{message}");
     for part in expected {

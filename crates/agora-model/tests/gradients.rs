@@ -16,8 +16,10 @@ fn model_dir(name: &str) -> PathBuf {
 /// model's logits.
 fn loss(model: &dyn LanguageModel, rows: &[Vec<u32>]) -> Tensor {
     let length = rows.iter().map(Vec::len).max().unwrap();
-    let padded: Vec<Vec<u32>> =
-        rows.iter().map(|row| row.iter().copied().chain(std::iter::repeat(0)).take(length).collect()).collect();
+    let padded: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|row| row.iter().copied().chain(std::iter::repeat(0)).take(length).collect())
+        .collect();
     let mask: Vec<Vec<u32>> = rows
         .iter()
         .map(|row| (0..length).map(|position| u32::from(position < row.len())).collect())
@@ -42,9 +44,9 @@ fn check(name: &str, varmap: &VarMap, model: &dyn LanguageModel, rows: &[Vec<u32
     assert!(!vars.is_empty());
     let mut missing = Vec::new();
     for (var_name, var) in vars.iter() {
-        let magnitude = gradients.get(var.as_tensor()).map(|gradient| {
-            gradient.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
-        });
+        let magnitude = gradients
+            .get(var.as_tensor())
+            .map(|gradient| gradient.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap());
         if !matches!(magnitude, Some(value) if value > 0.0 && value.is_finite()) {
             missing.push(format!("{var_name} ({magnitude:?})"));
         }

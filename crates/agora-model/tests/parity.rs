@@ -16,8 +16,7 @@ fn model_dir(name: &str) -> PathBuf {
 }
 
 fn golden(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(model_dir(name).join("golden.safetensors"), &Device::Cpu)
-        .unwrap()
+    candle_core::safetensors::load(model_dir(name).join("golden.safetensors"), &Device::Cpu).unwrap()
 }
 
 fn ids(tensor: &Tensor) -> Tensor {
@@ -118,8 +117,7 @@ fn safetensors_models_match_transformers() {
 fn trainable_models_compute_the_same_logits() {
     for name in MODELS {
         let varmap = candle_nn::VarMap::new();
-        let model = Model::from_hf_dir(&model_dir(name), &Device::Cpu, Trainable::Yes(&varmap))
-            .unwrap();
+        let model = Model::from_hf_dir(&model_dir(name), &Device::Cpu, Trainable::Yes(&varmap)).unwrap();
         check_logits(name, &model, &golden(name));
         assert!(!varmap.all_vars().is_empty());
     }
@@ -183,12 +181,10 @@ mod gguf {
     pub fn write(name: &str, dtype: GgmlDType, path: &Path) {
         let dir = model_dir(name);
         let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
         let kv_heads = config["num_key_value_heads"].as_u64().unwrap() as usize;
-        let tensors =
-            candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
         let mut quantized = Vec::new();
         for (hf_name, tensor) in &tensors {
             let mut tensor = tensor.clone();
@@ -260,8 +256,7 @@ mod gguf {
 /// finite logits, and answers a ChatML prompt with a plausible first token.
 #[test]
 fn default_model_runs_when_present() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.is_file() {
         eprintln!("skipped: {} is absent", path.display());
         return;
@@ -270,9 +265,7 @@ fn default_model_runs_when_present() {
     assert_eq!(model.vocab_size(), 49152);
     // "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     // tokenized with the model's own tokenizer.
-    let prompt: Vec<u32> = vec![
-        1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
-    ];
+    let prompt: Vec<u32> = vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198];
     let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let logits = model.forward(&input, None, &mut model.new_cache()).unwrap();
     let values = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
