@@ -177,20 +177,23 @@ mod gguf {
             .unwrap()
     }
 
-    /// Writes `name`'s safetensors as a GGUF file; matrices in `dtype`, norms in F32.
-    pub fn write(name: &str, dtype: GgmlDType, path: &Path) {
+    /// Writes `name`'s safetensors as a GGUF file of `architecture` (`llama`: q/k
+    /// permuted as llama.cpp's Llama converter does; `qwen2`: as stored); matrices in
+    /// `dtype`, vectors in F32.
+    pub fn write(name: &str, architecture: &str, dtype: GgmlDType, path: &Path) {
         let dir = model_dir(name);
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
         let kv_heads = config["num_key_value_heads"].as_u64().unwrap() as usize;
         let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let permuted = architecture == "llama";
         let mut quantized = Vec::new();
         for (hf_name, tensor) in &tensors {
             let mut tensor = tensor.clone();
-            if hf_name.ends_with("q_proj.weight") {
+            if permuted && hf_name.ends_with("q_proj.weight") {
                 tensor = permute(&tensor, heads);
-            } else if hf_name.ends_with("k_proj.weight") {
+            } else if permuted && hf_name.ends_with("k_proj.weight") {
                 tensor = permute(&tensor, kv_heads);
             }
             let tensor_dtype = if tensor.rank() == 1 { GgmlDType::F32 } else { dtype };
@@ -198,18 +201,20 @@ mod gguf {
             quantized.push((gguf_name, QTensor::quantize(&tensor, tensor_dtype).unwrap()));
         }
         let integer = |key: &str| Value::U32(config[key].as_u64().unwrap() as u32);
+        let float = |value: &serde_json::Value| Value::F32(value.as_f64().unwrap() as f32);
+        let key = |name: &str| format!("{architecture}.{name}");
         let metadata = vec![
-            ("general.architecture", Value::String("llama".to_string())),
-            ("llama.embedding_length", integer("hidden_size")),
-            ("llama.block_count", integer("num_hidden_layers")),
-            ("llama.attention.head_count", integer("num_attention_heads")),
-            ("llama.attention.head_count_kv", integer("num_key_value_heads")),
-            ("llama.feed_forward_length", integer("intermediate_size")),
-            ("llama.context_length", integer("max_position_embeddings")),
-            ("llama.rope.freq_base", Value::F32(10000.0)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("general.architecture".to_string(), Value::String(architecture.to_string())),
+            (key("embedding_length"), integer("hidden_size")),
+            (key("block_count"), integer("num_hidden_layers")),
+            (key("attention.head_count"), integer("num_attention_heads")),
+            (key("attention.head_count_kv"), integer("num_key_value_heads")),
+            (key("feed_forward_length"), integer("intermediate_size")),
+            (key("context_length"), integer("max_position_embeddings")),
+            (key("rope.freq_base"), float(&config["rope_parameters"]["rope_theta"])),
+            (key("attention.layer_norm_rms_epsilon"), float(&config["rms_norm_eps"])),
         ];
-        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> =
             quantized.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
         let mut file = std::fs::File::create(path).unwrap();
@@ -219,13 +224,30 @@ mod gguf {
     #[test]
     fn gguf_f32_matches_transformers() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("llama.gguf");
-        write("llama", GgmlDType::F32, &path);
-        let golden = golden("llama");
-        for precision in [Precision::F32, Precision::Quantized] {
-            let model = Model::from_gguf(&path, &Device::Cpu, precision, Trainable::No).unwrap();
-            check_logits("llama.gguf", &model, &golden);
-            check_greedy("llama.gguf", &model, &golden);
+        for (name, architecture) in [("llama", "llama"), ("qwen2", "qwen2")] {
+            let path = dir.path().join(format!("{name}.gguf"));
+            write(name, architecture, GgmlDType::F32, &path);
+            let golden = golden(name);
+            for precision in [Precision::F32, Precision::Quantized] {
+                let model = Model::from_gguf(&path, &Device::Cpu, precision, Trainable::No).unwrap();
+                check_logits(&format!("{name}.gguf"), &model, &golden);
+                check_greedy(&format!("{name}.gguf"), &model, &golden);
+            }
+            // Trainable: dequantized variables under Hugging Face names, q/k un-permuted.
+            let varmap = candle_nn::VarMap::new();
+            let model =
+                Model::from_gguf(&path, &Device::Cpu, Precision::Quantized, Trainable::Yes(&varmap)).unwrap();
+            check_logits(&format!("{name}.gguf trainable"), &model, &golden);
+            let vars = varmap.data().lock().unwrap();
+            let original =
+                candle_core::safetensors::load(model_dir(name).join("model.safetensors"), &Device::Cpu)
+                    .unwrap();
+            assert_eq!(vars.len(), original.len(), "{name}");
+            for (tensor_name, tensor) in &original {
+                let var = &vars[tensor_name];
+                let difference = (var.as_tensor() - tensor).unwrap().abs().unwrap().flatten_all().unwrap();
+                assert_eq!(difference.max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0, "{tensor_name}");
+            }
         }
     }
 
@@ -233,7 +255,7 @@ mod gguf {
     fn gguf_q8_0_is_close_to_f32() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("llama-q8_0.gguf");
-        write("llama", GgmlDType::Q8_0, &path);
+        write("llama", "llama", GgmlDType::Q8_0, &path);
         let golden = golden("llama");
         let tokens = ids(&golden["input_ids"]);
         let logits = |precision| {
@@ -276,7 +298,12 @@ fn default_model_runs_when_present() {
     assert!(next > 16, "the answer starts with control token {next}");
 
     if std::env::var("AGORA_BENCH").as_deref() == Ok("1") {
-        let tokens = greedy_cached(&model, &prompt, 1);
+        let tokens = greedy_cached(&model, &prompt, 24);
+        eprintln!("greedy answer ids: {:?}", &tokens[prompt.len()..]);
+        let start = std::time::Instant::now();
+        model.forward(&input, None, &mut model.new_cache()).unwrap();
+        let seconds = start.elapsed().as_secs_f64();
+        eprintln!("prefill: {:.1} tokens/s ({} tokens)", prompt.len() as f64 / seconds, prompt.len());
         let mut cache = model.new_cache();
         model.forward(&input, None, &mut cache).unwrap();
         let mut next = Tensor::new(&[[tokens[tokens.len() - 1]]], &Device::Cpu).unwrap();
