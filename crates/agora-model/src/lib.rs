@@ -5,14 +5,21 @@
 //! logits only, hide attention probabilities, and take minutes to build.
 
 mod chat_template;
+pub mod checkpoint;
 pub mod convert;
+pub mod engine;
 mod error;
 pub mod fetch;
 pub mod generate;
 pub mod gguf_meta;
+pub mod gpt2;
+pub mod llama;
 mod lm;
+pub mod ops;
 pub mod sampling;
+pub mod scoring;
 mod tokenizer;
+pub mod weights;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use chat_template::{CHATML_TEMPLATE, ChatTemplate, FALLBACK_NOTICE, Message};
@@ -20,3 +27,4 @@ pub use error::{ModelError, Result};
 pub use lm::{Cache, LanguageModel};
 pub use sampling::{Sampler, SamplingConfig};
 pub use tokenizer::{IncrementalDecoder, NamedChatTemplate, Tokenizer};
+pub use weights::{Model, Precision, Trainable};

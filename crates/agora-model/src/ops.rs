@@ -1,0 +1,336 @@
+//! Differentiable building blocks of the architectures, composed from basic candle ops
+//! so that every one of them records a backward pass.
+//!
+//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rotary_emb::*` record
+//! no gradient (parameters upstream of them silently get none), so nothing here calls
+//! them. Everything computes in the input's dtype; the models run in f32.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::{ModelError, Result};
+
+/// The additive value that hides a key from a query. Finite (like Hugging Face's
+/// `finfo.min`) so that a row whose keys are all hidden (a padding query) gives a
+/// uniform distribution instead of NaN after the max subtraction.
+pub const MASKED: f32 = f32::MIN;
+
+/// Softmax over the last dimension, with the row maximum subtracted first so `exp`
+/// never overflows.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?;
+    let exp = xs.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    Ok(exp.broadcast_div(&sum)?)
+}
+
+/// `log(softmax(xs))` over the last dimension, stable for large logits.
+pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?;
+    let shifted = xs.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&log_sum)?)
+}
+
+/// Root-mean-square normalisation (Llama): `xs / sqrt(mean(xs²) + eps) * weight`.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
+    let normalised = xs.broadcast_div(&(mean_square + eps)?.sqrt()?)?;
+    Ok(normalised.broadcast_mul(weight)?)
+}
+
+/// Layer normalisation (GPT-2): centre, divide by the standard deviation (biased
+/// variance, as PyTorch), then scale and shift.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centred = xs.broadcast_sub(&mean)?;
+    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normalised = centred.broadcast_div(&(variance + eps)?.sqrt()?)?;
+    Ok(normalised.broadcast_mul(weight)?.broadcast_add(bias)?)
+}
+
+/// GPT-2's `gelu_new`: `0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))`.
+pub fn gelu_new(xs: &Tensor) -> Result<Tensor> {
+    let sqrt_two_over_pi = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = ((xs + (xs.powf(3.0)? * 0.044715)?)? * sqrt_two_over_pi)?;
+    Ok(((xs * 0.5)? * (inner.tanh()? + 1.0)?)?)
+}
+
+/// `x * sigmoid(x)`, written as `x / (1 + exp(-x))`.
+pub fn silu(xs: &Tensor) -> Result<Tensor> {
+    Ok((xs / (xs.neg()?.exp()? + 1.0)?)?)
+}
+
+/// Repeats each key/value head `repeats` times (grouped-query attention):
+/// `[batch, kv_heads, seq, dim]` -> `[batch, kv_heads * repeats, seq, dim]`, each head
+/// followed by its copies, as Hugging Face's `repeat_kv`.
+pub fn repeat_kv(xs: Tensor, repeats: usize) -> Result<Tensor> {
+    if repeats == 1 {
+        return Ok(xs);
+    }
+    let (batch, kv_heads, seq, dim) = xs.dims4()?;
+    Ok(xs.unsqueeze(2)?.broadcast_as((batch, kv_heads, repeats, seq, dim))?.reshape((
+        batch,
+        kv_heads * repeats,
+        seq,
+        dim,
+    ))?)
+}
+
+/// How rotary frequencies are stretched for contexts longer than pre-training.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (every frequency divided by it).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp in
+    /// between (wavelengths measured against the original context).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    /// One divisor per frequency, as llama.cpp stores Llama 3 scaling in GGUF files
+    /// (the `rope_freqs.weight` tensor).
+    Factors(Vec<f64>),
+}
+
+/// Rotary position embeddings in the `rotate_half` layout of Hugging Face's Llama (the
+/// first half of each head rotates with the second half). The inverse frequencies are
+/// precomputed (with any scaling applied); cosines and sines are computed for the
+/// positions of each call, which costs `batch * seq * head_dim / 2` values instead of a
+/// table as long as the context (131,072 positions for Llama 3.1).
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    /// `[head_dim / 2]`, f32.
+    inverse_frequencies: Tensor,
+}
+
+impl Rotary {
+    pub fn new(head_dim: usize, theta: f64, scaling: &RopeScaling, device: &Device) -> Result<Rotary> {
+        if head_dim % 2 != 0 {
+            return Err(ModelError::Config(format!("rotary head dimension {head_dim} is odd")));
+        }
+        if let RopeScaling::Factors(factors) = scaling
+            && factors.len() != head_dim / 2
+        {
+            return Err(ModelError::Config(format!(
+                "{} rope frequency factors for a head dimension of {head_dim}",
+                factors.len()
+            )));
+        }
+        let inverse_frequencies: Vec<f32> = (0..head_dim / 2)
+            .map(|index| {
+                // Computed in f32 like transformers, so the tables match to the last bit.
+                let exponent = (2 * index) as f32 / head_dim as f32;
+                let frequency = 1.0 / (theta as f32).powf(exponent);
+                scaled_frequency(f64::from(frequency), index, scaling) as f32
+            })
+            .collect();
+        Ok(Rotary { inverse_frequencies: Tensor::new(inverse_frequencies, device)? })
+    }
+
+    /// Cosines and sines at `positions` (`[batch, seq]`, u32):
+    /// `[batch, 1, seq, head_dim / 2]` each, ready to broadcast over heads.
+    pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (batch, seq) = positions.dims2()?;
+        let half = self.inverse_frequencies.dim(0)?;
+        let angles = positions
+            .to_dtype(DType::F32)?
+            .reshape((batch, 1, seq, 1))?
+            .broadcast_mul(&self.inverse_frequencies.reshape((1, 1, 1, half))?)?;
+        Ok((angles.cos()?, angles.sin()?))
+    }
+}
+
+fn scaled_frequency(frequency: f64, index: usize, scaling: &RopeScaling) -> f64 {
+    match *scaling {
+        RopeScaling::Factors(ref factors) => frequency / factors.get(index).copied().unwrap_or(1.0),
+        RopeScaling::None => frequency,
+        RopeScaling::Linear { factor } => frequency / factor,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let original = original_max_position_embeddings as f64;
+            let low_freq_wavelength = original / low_freq_factor;
+            let high_freq_wavelength = original / high_freq_factor;
+            let wavelength = 2.0 * std::f64::consts::PI / frequency;
+            if wavelength < high_freq_wavelength {
+                frequency
+            } else if wavelength > low_freq_wavelength {
+                frequency / factor
+            } else {
+                let smooth = (original / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                (1.0 - smooth) * frequency / factor + smooth * frequency
+            }
+        }
+    }
+}
+
+/// Rotates `xs` (`[batch, heads, seq, head_dim]`) by the tables from
+/// [`Rotary::tables`]: `x * cos + rotate_half(x) * sin`, written per half.
+pub fn apply_rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let head_dim = xs.dim(D::Minus1)?;
+    let half = head_dim / 2;
+    let first = xs.narrow(D::Minus1, 0, half)?;
+    let second = xs.narrow(D::Minus1, half, half)?;
+    let rotated_first = (first.broadcast_mul(cos)? - second.broadcast_mul(sin)?)?;
+    let rotated_second = (second.broadcast_mul(cos)? + first.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[rotated_first, rotated_second], D::Minus1)?)
+}
+
+/// Positions of new tokens: `past..past + seq` for every row without padding, or,
+/// with a padding `mask` (`[batch, past + seq]`, 1 = real token), the number of real
+/// tokens before each one (`cumsum(mask) - 1`, 0 for padding), as Hugging Face's
+/// `generate` does, so left padding does not shift positions. `[batch, seq]`, u32.
+pub fn positions(
+    batch: usize,
+    seq: usize,
+    past: usize,
+    mask: Option<&Tensor>,
+    device: &Device,
+) -> Result<Tensor> {
+    match mask {
+        None => {
+            let row = Tensor::arange(past as u32, (past + seq) as u32, device)?;
+            Ok(row.unsqueeze(0)?.broadcast_as((batch, seq))?.contiguous()?)
+        }
+        Some(mask) => {
+            let rows = mask_rows(mask, batch, past + seq)?;
+            let mut positions = Vec::with_capacity(batch * seq);
+            for row in rows {
+                // A token's position: real tokens up to and including it, minus one.
+                let mut seen = 0u32;
+                for (index, real) in row.into_iter().enumerate() {
+                    seen += u32::from(real != 0);
+                    if index >= past {
+                        positions.push(seen.saturating_sub(1));
+                    }
+                }
+            }
+            Ok(Tensor::from_vec(positions, (batch, seq), device)?)
+        }
+    }
+}
+
+fn mask_rows(mask: &Tensor, batch: usize, keys: usize) -> Result<Vec<Vec<u32>>> {
+    let dims = mask.dims();
+    if dims != [batch, keys] {
+        return Err(ModelError::Config(format!(
+            "padding mask has shape {dims:?}, expected [{batch}, {keys}] (batch, cached + new tokens)"
+        )));
+    }
+    Ok(mask.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+}
+
+/// The additive attention mask for `seq` new queries over `past + seq` keys:
+/// `[batch or 1, 1, seq, past + seq]`, 0 where a query may look and [`MASKED`] where it
+/// may not (a later position, or a padding key). `None` when nothing is hidden (one
+/// new token and no padding), so decoding costs no mask at all.
+pub fn attention_mask(
+    batch: usize,
+    seq: usize,
+    past: usize,
+    padding: Option<&Tensor>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let keys = past + seq;
+    let padding_rows = match padding {
+        Some(mask) => Some(mask_rows(mask, batch, keys)?),
+        None => None,
+    };
+    if seq == 1 && padding_rows.as_ref().is_none_or(|rows| rows.iter().flatten().all(|&v| v != 0)) {
+        return Ok(None);
+    }
+    let rows = padding_rows.as_ref().map_or(1, |_| batch);
+    let mut values = Vec::with_capacity(rows * seq * keys);
+    for row in 0..rows {
+        for query in 0..seq {
+            for key in 0..keys {
+                let causal = key <= past + query;
+                let real = padding_rows.as_ref().is_none_or(|padding| padding[row][key] != 0);
+                values.push(if causal && real { 0.0 } else { MASKED });
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(values, (rows, 1, seq, keys), device)?))
+}
+
+/// Scaled dot-product attention with an additive mask; returns the output
+/// `[batch, heads, seq, head_dim]` and the probabilities `[batch, heads, seq, keys]`.
+pub fn attention(
+    queries: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let head_dim = queries.dim(D::Minus1)?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scores = (queries.matmul(&keys.t()?)? * scale)?;
+    let scores = match mask {
+        Some(mask) => scores.broadcast_add(mask)?,
+        None => scores,
+    };
+    let probabilities = softmax_last_dim(&scores)?;
+    let output = probabilities.matmul(values)?;
+    Ok((output, probabilities))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(actual: &[f32], expected: &[f32]) {
+        assert_eq!(actual.len(), expected.len());
+        for (a, e) in actual.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-5, "{actual:?} != {expected:?}");
+        }
+    }
+
+    #[test]
+    fn softmax_and_log_softmax_are_stable() {
+        let xs = Tensor::new(&[[1000f32, 1001.0, 1002.0]], &Device::Cpu).unwrap();
+        let probabilities = softmax_last_dim(&xs).unwrap().to_vec2::<f32>().unwrap();
+        close(&probabilities[0], &[0.09003057, 0.24472848, 0.66524094]);
+        let logs = log_softmax_last_dim(&xs).unwrap().to_vec2::<f32>().unwrap();
+        close(&logs[0], &[-2.407606, -1.407606, -0.407606]);
+    }
+
+    #[test]
+    fn positions_follow_the_padding_mask() {
+        let device = Device::Cpu;
+        let mask = Tensor::new(&[[0u32, 0, 1, 1, 1], [1, 1, 1, 1, 1]], &device).unwrap();
+        let got = positions(2, 5, 0, Some(&mask), &device).unwrap().to_vec2::<u32>().unwrap();
+        assert_eq!(got, vec![vec![0, 0, 0, 1, 2], vec![0, 1, 2, 3, 4]]);
+        let got = positions(2, 2, 3, Some(&mask), &device).unwrap().to_vec2::<u32>().unwrap();
+        assert_eq!(got, vec![vec![1, 2], vec![3, 4]]);
+        let got = positions(1, 2, 3, None, &device).unwrap().to_vec2::<u32>().unwrap();
+        assert_eq!(got, vec![vec![3, 4]]);
+    }
+
+    #[test]
+    fn decoding_one_unpadded_token_needs_no_mask() {
+        let device = Device::Cpu;
+        assert!(attention_mask(2, 1, 4, None, &device).unwrap().is_none());
+        let mask = attention_mask(1, 2, 1, None, &device).unwrap().unwrap();
+        let rows = mask.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(rows, vec![vec![0.0, 0.0, MASKED], vec![0.0, 0.0, 0.0]]);
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        assert_eq!(scaled_frequency(1.0, 0, &scaling), 1.0);
+        assert!((scaled_frequency(1e-5, 0, &scaling) - 1.25e-6).abs() < 1e-12);
+    }
+}
