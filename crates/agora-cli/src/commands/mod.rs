@@ -2,10 +2,13 @@
 
 mod bench;
 mod build;
+mod chat;
 mod corpora;
 mod export;
+mod generate;
 mod import;
 mod init;
+mod model;
 mod quickstart;
 mod show;
 mod stats;
@@ -25,5 +28,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(&settings, &args),
         Command::Bench(args) => bench::run(&settings, &args),
         Command::Quickstart(args) => quickstart::run(&settings, &args),
+        Command::Model(command) => model::run(&settings, &command),
+        Command::Generate(args) => generate::run(&settings, &args),
+        Command::Chat(args) => chat::run(&settings, &args),
     }
 }
