@@ -326,4 +326,9 @@ pub struct QuickstartArgs {
     /// Folder with the example inputs (default: the repository's `examples/data`).
     #[arg(long)]
     pub examples: Option<PathBuf>,
+    /// Skip the model step (no model download): corpora, training data and exports only.
+    #[arg(long)]
+    pub skip_model: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }

@@ -80,7 +80,7 @@ fn every_example_corpus_imports_builds_and_exports() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("ws");
     let out = dir.path().join("out");
-    let summary = ok(&ws, &["quickstart", "--examples", examples().to_str().unwrap()]);
+    let summary = ok(&ws, &["quickstart", "--skip-model", "--examples", examples().to_str().unwrap()]);
     assert!(summary.contains("imported esconv: 2 conversations"), "{summary}");
     assert!(summary.contains("imported personachat: 3 conversations"), "{summary}");
     for name in ["cmv-sft", "cmv-dpo", "cmv-kto", "esconv-sft", "personachat-sft"] {
@@ -232,4 +232,32 @@ fn real_shared_files_import_when_present() {
     let out = dir.path().join("pc");
     let build = json(ws, &["build", "sft", "--corpus", "personachat", "--out", out.to_str().unwrap()]);
     assert!(build["examples"].as_u64().unwrap() > 1000, "{build}");
+}
+
+/// The default model, when it has been fetched into the repository's models folder.
+fn default_model() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    path.is_file().then_some(path)
+}
+
+#[test]
+fn generate_and_model_info_on_the_default_model_when_present() {
+    let Some(model) = default_model() else {
+        eprintln!("skipping: the default model is not in models/ (agora model fetch)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = model.to_str().unwrap();
+    let info = json(dir.path(), &["model", "info", model]);
+    assert_eq!(info["architecture"], "llama");
+    assert_eq!(info["layers"], 30);
+    assert_eq!(info["vocab_size"], 49152);
+    let args = ["generate", "-m", model, "-p", "Say hello.", "-p", "Name a colour.", "--max-new-tokens", "8"];
+    let first = json(dir.path(), &args);
+    let again = json(dir.path(), &args);
+    assert_eq!(first["outputs"], again["outputs"], "the same seed gives the same text");
+    assert_eq!(first["outputs"].as_array().map(Vec::len), Some(2));
+    assert!(first["outputs"][0]["generated_tokens"].as_u64().unwrap() > 0);
+    let error = fails(dir.path(), &["generate", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
+    assert!(error.contains("/nonexistent/model.gguf"), "{error}");
 }
