@@ -11,13 +11,14 @@ mod message;
 mod persona;
 mod rng;
 mod strategy;
+pub mod time;
 mod tree;
 
 pub use conversation::{Conversation, Delta, Participant, Role, Source, Turn, TurnLabels};
 pub use judgement::{Annotation, Judgement, Score};
 pub use message::{ChatRole, Message};
 pub use persona::Persona;
-pub use rng::SplitMix64;
+pub use rng::{SplitMix64, mix64};
 pub use strategy::{Strategy, StrategyMatch};
 pub use tree::ReplyTree;
 

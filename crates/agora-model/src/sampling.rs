@@ -306,31 +306,9 @@ pub fn draw(probabilities: &[f64], uniform: f64) -> u32 {
     last_possible as u32
 }
 
-/// The SplitMix64 generator (Steele, Lea and Flood 2014): used to seed xoshiro, and its
-/// output function to derive a row's stream from the seed.
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> SplitMix64 {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.state)
-    }
-}
-
-/// SplitMix64's output function, a bijection on u64 with `mix64(0) == 0`.
-pub fn mix64(value: u64) -> u64 {
-    let mut z = value;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+// SplitMix64 (seeding) and its output function `mix64` come from agora-core, the one
+// copy the whole project draws seeds from.
+pub use agora_core::{SplitMix64, mix64};
 
 /// xoshiro256** 1.0 (Blackman and Vigna 2018): the generator behind every random draw.
 /// Row `r` of a batch sampled with seed `s` starts from four SplitMix64 outputs seeded
