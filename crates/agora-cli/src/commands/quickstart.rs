@@ -119,7 +119,11 @@ fn reply_to_posts(settings: &Settings, model: &ModelArgs, exports: &Path) -> any
         Ok(())
     })?;
     let engine = super::model::load_engine(model)?;
-    let config = SamplingConfig { max_new_tokens: 80, repetition_penalty: 1.1, ..SamplingConfig::default() };
+    let config = SamplingConfig {
+        max_new_tokens: 80,
+        repetition_penalty: 1.1,
+        ..SamplingConfig::default()
+    };
     let conversations: Vec<Vec<Message>> = posts
         .iter()
         .map(|(_, title, body)| {
