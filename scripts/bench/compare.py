@@ -167,8 +167,9 @@ def main() -> None:
                 b = theirs[f"{what}_tokens_per_second"]
                 rows.append((f"{what} {quant}", threads, a, b, a / b))
             if threads == threads_list[0]:
-                memory.append((quant, ours["file_bytes"], ours["peak_rss_after_load_bytes"],
-                               ours["peak_rss_to_file_ratio"], ours["peak_rss_end_bytes"]))
+                memory.append((quant, ours["file_bytes"], ours["rss_before_load_bytes"],
+                               ours["peak_rss_after_load_bytes"], ours["peak_rss_to_file_ratio"],
+                               ours["peak_rss_end_bytes"]))
             agreement.append((quant, threads, common_prefix(ours["generated_token_ids"], theirs["generated_token_ids"])))
             print(f"threads {threads} {quant}: agora decode {ours['decode_tokens_per_second']:.1f}, "
                   f"llama.cpp {theirs['decode_tokens_per_second']:.1f} tok/s", file=sys.stderr, flush=True)
@@ -193,11 +194,12 @@ def main() -> None:
     for workload, threads, a, b, ratio in rows:
         reference = "PyTorch" if workload.startswith("GPT-2") else "llama.cpp"
         lines.append(f"| {workload} ({reference}) | {threads} | {a:.1f} | {b:.1f} | {ratio:.2f}x |")
-    lines += ["", "| GGUF | file MB | agora peak RSS after load MB | ratio (target < 1.3) | peak RSS at end MB |",
-              "|---|---:|---:|---:|---:|"]
-    for quant, size, peak, ratio, end in memory:
+    lines += ["", "| GGUF | file MB | agora RSS before load MB | agora peak RSS after load MB "
+              "| ratio (target < 1.3) | peak RSS at end MB |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for quant, size, before, peak, ratio, end in memory:
         fmt = lambda v: "n/a" if v is None else f"{v / 1e6:.1f}"
-        lines.append(f"| {quant} | {size / 1e6:.1f} | {fmt(peak)} | {ratio:.2f}x | {fmt(end)} |")
+        lines.append(f"| {quant} | {size / 1e6:.1f} | {fmt(before)} | {fmt(peak)} | {ratio:.2f}x | {fmt(end)} |")
     lines += ["", "Greedy continuations, identical leading tokens (agora vs llama.cpp, of "
               f"{args.new_tokens}): " + ", ".join(f"{q} t={t}: {n}" for q, t, n in agreement)]
     text = "\n".join(lines) + "\n"

@@ -42,7 +42,7 @@ pub enum Command {
     Build(BuildArgs),
     /// Export a corpus to another format (ConvoKit, Parquet, agora JSONL).
     Export(ExportArgs),
-    /// Measure throughput (MB/s) and peak memory of agora's hot paths.
+    /// Measure throughput and peak memory of agora's hot paths (CMV import, model decode, GPT-2 forward).
     Bench(BenchArgs),
     /// Run the main job on the bundled examples: import, build and export.
     Quickstart(QuickstartArgs),

@@ -172,6 +172,8 @@ struct DecodeReport {
     /// Greedy continuation of the first run (end-of-sequence banned).
     generated_token_ids: Vec<u32>,
     load_seconds: f64,
+    /// `VmRSS` just before loading (the program itself), in bytes.
+    rss_before_load_bytes: Option<u64>,
     /// `VmHWM` after loading (reset just before), in bytes.
     peak_rss_after_load_bytes: Option<u64>,
     /// `peak_rss_after_load_bytes / file_bytes` (issue 3's target: under 1.3).
@@ -200,6 +202,7 @@ fn bench_decode(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let file_bytes =
         std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.len();
 
+    let rss_before_load_bytes = status_kilobytes("VmRSS:").map(|kilobytes| kilobytes * 1024);
     reset_peak_rss();
     let started = Instant::now();
     let engine = Engine::load(&path, &Device::Cpu).with_context(|| format!("load {}", path.display()))?;
@@ -263,6 +266,7 @@ fn bench_decode(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         generated_token_ids,
         banned_token_ids: banned,
         load_seconds,
+        rss_before_load_bytes,
         peak_rss_after_load_bytes,
         peak_rss_to_file_ratio: peak_rss_after_load_bytes.map(|bytes| bytes as f64 / file_bytes as f64),
         peak_rss_end_bytes,
@@ -516,5 +520,12 @@ fn median(values: &[f64]) -> f64 {
 
 /// Peak resident set size in bytes since the last reset (Linux `VmHWM`).
 fn peak_rss_bytes() -> Option<u64> {
-    peak_rss().map(|megabytes| (megabytes * 1024.0 * 1024.0) as u64)
+    status_kilobytes("VmHWM:").map(|kilobytes| kilobytes * 1024)
+}
+
+/// A `kB` field of /proc/self/status (Linux).
+fn status_kilobytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
