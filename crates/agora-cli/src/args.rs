@@ -42,7 +42,7 @@ pub enum Command {
     Build(BuildArgs),
     /// Export a corpus to another format (ConvoKit, Parquet, agora JSONL).
     Export(ExportArgs),
-    /// Measure throughput (MB/s) and peak memory of agora's hot paths.
+    /// Measure throughput and peak memory of agora's hot paths (CMV import, model decode, GPT-2 forward).
     Bench(BenchArgs),
     /// Run the main job on the bundled examples: import, build and export.
     Quickstart(QuickstartArgs),
@@ -299,6 +299,13 @@ pub struct ExportArgs {
 pub enum BenchTarget {
     /// CMV jsonlist: parse + tree rebuild + delta detection, then the full import into a store.
     Cmv,
+    /// A GGUF model's prefill and greedy decode speed (tokens/s) and peak memory after
+    /// loading, against the file size.
+    Decode,
+    /// f32 forward speed (tokens/s) of a random-initialised GPT-2 (6 layers, width 384,
+    /// 6 heads, vocabulary 50,257) on a batch of 4 x 256 tokens.
+    #[value(name = "forward-gpt2")]
+    ForwardGpt2,
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +326,28 @@ pub struct BenchArgs {
     /// other tools).
     #[arg(long, conflicts_with = "input")]
     pub write_input: Option<PathBuf>,
+    /// decode: the GGUF file to measure (default: the embedded default model as q8_0).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// decode, forward-gpt2: CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// decode: length of the prompt in tokens (a fixed English text, cut to this length).
+    #[arg(long, default_value_t = 61)]
+    pub prompt_tokens: usize,
+    /// decode: tokens generated greedily after the prompt (end-of-sequence banned, so
+    /// every run generates exactly this many).
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// decode, forward-gpt2: timed runs; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// forward-gpt2: sequences in the batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// forward-gpt2: tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub sequence: usize,
 }
 
 #[derive(Debug, Args)]
