@@ -32,6 +32,60 @@ fn open_writer(path: &Path, schema: SchemaRef) -> Result<ArrowWriter<File>, Corp
     ArrowWriter::try_new(file, schema, Some(properties)).map_err(|error| parquet_error(path, error))
 }
 
+/// Builders of one table's columns, emptied into arrays at every batch.
+trait Columns {
+    fn finish(&mut self) -> Vec<ArrayRef>;
+}
+
+/// The part both writers share: a Parquet file receiving record batches of at most
+/// [`BATCH_ROWS`] buffered rows.
+struct Batched<C: Columns> {
+    path: PathBuf,
+    writer: ArrowWriter<File>,
+    schema: SchemaRef,
+    columns: C,
+    buffered: usize,
+    rows: u64,
+}
+
+impl<C: Columns> Batched<C> {
+    fn open(path: &Path, schema: SchemaRef, columns: C) -> Result<Batched<C>, CorpusError> {
+        Ok(Batched {
+            path: path.to_path_buf(),
+            writer: open_writer(path, schema.clone())?,
+            schema,
+            columns,
+            buffered: 0,
+            rows: 0,
+        })
+    }
+
+    /// Counts a row appended to the columns, writing a batch when enough are buffered.
+    fn row_added(&mut self) -> Result<(), CorpusError> {
+        self.buffered += 1;
+        if self.buffered >= BATCH_ROWS { self.flush() } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> Result<(), CorpusError> {
+        if self.buffered == 0 {
+            return Ok(());
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), self.columns.finish())
+            .map_err(|error| parquet_error(&self.path, error))?;
+        self.writer.write(&batch).map_err(|error| parquet_error(&self.path, error))?;
+        self.rows += self.buffered as u64;
+        self.buffered = 0;
+        Ok(())
+    }
+
+    /// Writes the buffered rows and the file footer; returns the number of rows.
+    fn finish(mut self) -> Result<u64, CorpusError> {
+        self.flush()?;
+        self.writer.close().map_err(|error| parquet_error(&self.path, error))?;
+        Ok(self.rows)
+    }
+}
+
 /// The turn table's columns.
 pub fn turn_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -56,17 +110,15 @@ pub fn turn_schema() -> SchemaRef {
 
 /// Writes one row per turn of every conversation given to [`ParquetTurnWriter::write`].
 pub struct ParquetTurnWriter {
-    path: PathBuf,
-    writer: ArrowWriter<File>,
-    schema: SchemaRef,
-    columns: TurnColumns,
-    buffered: usize,
-    rows: u64,
+    file: Batched<TurnColumns>,
 }
 
 impl std::fmt::Debug for ParquetTurnWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParquetTurnWriter").field("path", &self.path).field("rows", &self.rows).finish()
+        f.debug_struct("ParquetTurnWriter")
+            .field("path", &self.file.path)
+            .field("rows", &self.file.rows)
+            .finish()
     }
 }
 
@@ -88,7 +140,7 @@ struct TurnColumns {
     labels_json: StringBuilder,
 }
 
-impl TurnColumns {
+impl Columns for TurnColumns {
     fn finish(&mut self) -> Vec<ArrayRef> {
         vec![
             Arc::new(self.conversation_id.finish()),
@@ -111,20 +163,12 @@ impl TurnColumns {
 
 impl ParquetTurnWriter {
     pub fn new(path: &Path) -> Result<ParquetTurnWriter, CorpusError> {
-        let schema = turn_schema();
-        Ok(ParquetTurnWriter {
-            path: path.to_path_buf(),
-            writer: open_writer(path, schema.clone())?,
-            schema,
-            columns: TurnColumns::default(),
-            buffered: 0,
-            rows: 0,
-        })
+        Ok(ParquetTurnWriter { file: Batched::open(path, turn_schema(), TurnColumns::default())? })
     }
 
     pub fn write(&mut self, conversation: &Conversation) -> Result<(), CorpusError> {
         for turn in &conversation.turns {
-            let columns = &mut self.columns;
+            let columns = &mut self.file.columns;
             columns.conversation_id.append_value(&conversation.id);
             columns.corpus.append_value(&conversation.source.corpus);
             columns.original_conversation_id.append_value(&conversation.source.original_id);
@@ -139,31 +183,14 @@ impl ParquetTurnWriter {
             columns.delta_confirmed.append_option(turn.labels.delta.as_ref().map(|delta| delta.confirmed));
             columns.gives_delta.append_value(turn.labels.gives_delta);
             columns.labels_json.append_option(remaining_labels_json(&turn.labels));
-            self.buffered += 1;
-            if self.buffered >= BATCH_ROWS {
-                self.flush_batch()?;
-            }
+            self.file.row_added()?;
         }
         Ok(())
     }
 
     /// Writes the buffered rows and the file footer; returns the number of rows.
-    pub fn finish(mut self) -> Result<u64, CorpusError> {
-        self.flush_batch()?;
-        self.writer.close().map_err(|error| parquet_error(&self.path, error))?;
-        Ok(self.rows)
-    }
-
-    fn flush_batch(&mut self) -> Result<(), CorpusError> {
-        if self.buffered == 0 {
-            return Ok(());
-        }
-        let batch = RecordBatch::try_new(self.schema.clone(), self.columns.finish())
-            .map_err(|error| parquet_error(&self.path, error))?;
-        self.writer.write(&batch).map_err(|error| parquet_error(&self.path, error))?;
-        self.rows += self.buffered as u64;
-        self.buffered = 0;
-        Ok(())
+    pub fn finish(self) -> Result<u64, CorpusError> {
+        self.file.finish()
     }
 }
 
@@ -193,70 +220,53 @@ pub fn example_schema() -> SchemaRef {
 
 /// Writes one row per chat example: its group, its messages and its meta as JSON.
 pub struct ParquetExampleWriter {
-    path: PathBuf,
-    writer: ArrowWriter<File>,
-    schema: SchemaRef,
+    file: Batched<ExampleColumns>,
+}
+
+#[derive(Default)]
+struct ExampleColumns {
     group: StringBuilder,
     messages_json: StringBuilder,
     meta_json: StringBuilder,
-    buffered: usize,
-    rows: u64,
+}
+
+impl Columns for ExampleColumns {
+    fn finish(&mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.group.finish()),
+            Arc::new(self.messages_json.finish()),
+            Arc::new(self.meta_json.finish()),
+        ]
+    }
 }
 
 impl std::fmt::Debug for ParquetExampleWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParquetExampleWriter").field("path", &self.path).field("rows", &self.rows).finish()
+        f.debug_struct("ParquetExampleWriter")
+            .field("path", &self.file.path)
+            .field("rows", &self.file.rows)
+            .finish()
     }
 }
 
 impl ParquetExampleWriter {
     pub fn new(path: &Path) -> Result<ParquetExampleWriter, CorpusError> {
-        let schema = example_schema();
-        Ok(ParquetExampleWriter {
-            path: path.to_path_buf(),
-            writer: open_writer(path, schema.clone())?,
-            schema,
-            group: StringBuilder::new(),
-            messages_json: StringBuilder::new(),
-            meta_json: StringBuilder::new(),
-            buffered: 0,
-            rows: 0,
-        })
+        Ok(ParquetExampleWriter { file: Batched::open(path, example_schema(), ExampleColumns::default())? })
     }
 
     pub fn write(&mut self, example: &ChatExample) -> Result<(), CorpusError> {
+        let path = &self.file.path;
         let messages =
-            serde_json::to_string(&example.messages).map_err(|error| parquet_error(&self.path, error))?;
-        self.group.append_value(&example.group);
-        self.messages_json.append_value(messages);
-        self.meta_json.append_value(Value::Object(example.meta.clone()).to_string());
-        self.buffered += 1;
-        if self.buffered >= BATCH_ROWS {
-            self.flush_batch()?;
-        }
-        Ok(())
+            serde_json::to_string(&example.messages).map_err(|error| parquet_error(path, error))?;
+        let columns = &mut self.file.columns;
+        columns.group.append_value(&example.group);
+        columns.messages_json.append_value(messages);
+        columns.meta_json.append_value(Value::Object(example.meta.clone()).to_string());
+        self.file.row_added()
     }
 
-    pub fn finish(mut self) -> Result<u64, CorpusError> {
-        self.flush_batch()?;
-        self.writer.close().map_err(|error| parquet_error(&self.path, error))?;
-        Ok(self.rows)
-    }
-
-    fn flush_batch(&mut self) -> Result<(), CorpusError> {
-        if self.buffered == 0 {
-            return Ok(());
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.group.finish()),
-            Arc::new(self.messages_json.finish()),
-            Arc::new(self.meta_json.finish()),
-        ];
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|error| parquet_error(&self.path, error))?;
-        self.writer.write(&batch).map_err(|error| parquet_error(&self.path, error))?;
-        self.rows += self.buffered as u64;
-        self.buffered = 0;
-        Ok(())
+    /// Writes the buffered rows and the file footer; returns the number of rows.
+    pub fn finish(self) -> Result<u64, CorpusError> {
+        self.file.finish()
     }
 }
