@@ -10,6 +10,17 @@ pub enum ChatRole {
     Assistant,
 }
 
+impl ChatRole {
+    /// The role's name in chat templates and the OpenAI API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: ChatRole,
