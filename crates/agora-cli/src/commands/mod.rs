@@ -1,5 +1,6 @@
 //! One file per command; `run` resolves settings and dispatches.
 
+mod backend;
 mod bench;
 mod build;
 mod chat;
