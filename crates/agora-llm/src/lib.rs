@@ -18,11 +18,13 @@
 mod backend;
 mod error;
 mod fake;
+mod openai;
 mod request;
 mod spec;
 
 pub use backend::{Backend, BackendInfo, BoxFuture, StreamSink};
 pub use error::{LlmError, Result};
 pub use fake::{FakeBackend, FakeMode};
+pub use openai::{ApiKey, OpenAiBackend, OpenAiConfig};
 pub use request::{Chunk, FinishReason, Prompt, Reply, Request, Sampling, TokenLogprob, TopLogprob, Usage};
 pub use spec::BackendSpec;
