@@ -210,14 +210,18 @@ fn chat_body(text: &str) -> Value {
     })
 }
 
-const EVENT_STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+const EVENT_STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                                 Cache-Control: no-cache\r\nConnection: close\r\n\r\n";
 
 fn event(data: Value) -> String {
     format!("data: {data}\n\n")
 }
 
 fn chat_delta(content: &str) -> Value {
-    json!({"model": "served-model", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+    json!({
+        "model": "served-model",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}],
+    })
 }
 
 fn chat_request() -> Request {
@@ -273,7 +277,8 @@ async fn a_chat_reply_with_logprobs_and_the_request_the_server_saw() {
         assert_eq!(reply.model, "served-model");
         let logprobs = reply.logprobs.unwrap();
         assert_eq!(logprobs.iter().map(|entry| entry.token.as_str()).collect::<Vec<_>>(), ["Hello", "!"]);
-        assert_eq!((logprobs[0].logprob, logprobs[0].top[1].token.as_str(), logprobs[0].top[1].logprob), (-0.25, "Hi", -1.5));
+        let runner_up = &logprobs[0].top[1];
+        assert_eq!((logprobs[0].logprob, runner_up.token.as_str(), runner_up.logprob), (-0.25, "Hi", -1.5));
 
         let seen = server.seen(0);
         assert_eq!(seen.path, "/v1/chat/completions");
@@ -282,7 +287,10 @@ async fn a_chat_reply_with_logprobs_and_the_request_the_server_saw() {
             seen.body,
             json!({
                 "model": "test-model",
-                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}],
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Say hello."},
+                ],
                 "logprobs": true, "top_logprobs": 2,
                 "temperature": 0.5, "top_p": 0.75, "max_tokens": 16, "stop": ["\n\n"], "seed": 3, "top_k": 20,
             })
@@ -325,13 +333,19 @@ async fn a_text_completion_with_logprobs() {
 #[tokio::test]
 async fn a_streamed_chat_arrives_in_chunks_that_add_up_to_the_reply() {
     within_a_minute(async {
-        let logprob = |token: &str, value: f32| json!({"content": [{"token": token, "logprob": value, "top_logprobs": []}]});
+        let logprob = |token: &str, value: f32| {
+            json!({"content": [{"token": token, "logprob": value, "top_logprobs": []}]})
+        };
         let mut hello = chat_delta("Hel");
         hello["choices"][0]["logprobs"] = logprob("Hel", -0.5);
         let mut rest = chat_delta("lo");
         rest["choices"][0]["logprobs"] = logprob("lo", -0.25);
         let body = [
-            event(json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})),
+            event(json!({
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null},
+                ],
+            })),
             ": keep-alive\n\n".to_string(),
             event(hello),
             event(rest),
@@ -356,7 +370,8 @@ async fn a_streamed_chat_arrives_in_chunks_that_add_up_to_the_reply() {
         assert_eq!(reply.logprobs.unwrap().len(), 2);
         assert_eq!(reply.model, "served-model");
         let seen = server.seen(0);
-        assert_eq!((seen.body["stream"].clone(), seen.body["stream_options"].clone()), (json!(true), json!({"include_usage": true})));
+        assert_eq!(seen.body["stream"], json!(true));
+        assert_eq!(seen.body["stream_options"], json!({"include_usage": true}));
         assert_eq!(seen.header("accept"), Some("text/event-stream"));
     })
     .await;
@@ -518,10 +533,26 @@ async fn dropped_connections_and_truncated_bodies_are_retried() {
 async fn invalid_json_and_missing_fields_are_invalid_replies_naming_the_problem() {
     within_a_minute(async {
         let cases = [
-            (Act::Reply { status: 200, headers: Vec::new(), body: "<html>oops</html>".into() }, "the body is not JSON"),
-            (ok(json!({"choices": [{"message": {"role": "assistant"}, "finish_reason": "stop"}]})), "`choices[0].message.content` is missing"),
+            (
+                Act::Reply { status: 200, headers: Vec::new(), body: "<html>oops</html>".into() },
+                "the body is not JSON",
+            ),
+            (
+                ok(json!({"choices": [{"message": {"role": "assistant"}, "finish_reason": "stop"}]})),
+                "`choices[0].message.content` is missing",
+            ),
             (ok(json!({"choices": []})), "`choices[0]` is missing"),
-            (ok(json!({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": "five"}})), "`usage.prompt_tokens` is not a count"),
+            (
+                ok(json!({
+                    "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": "five"},
+                })),
+                "`usage.prompt_tokens` is not a count",
+            ),
+            (
+                ok(json!({"error": {"message": "model overloaded", "code": 503}})),
+                "the reply holds an error instead of choices: model overloaded",
+            ),
         ];
         for (act, expected) in cases {
             let server = TestServer::with_acts(vec![act]).await;

@@ -95,6 +95,10 @@ pub(crate) fn parse_reply(
     let document: Value = serde_json::from_slice(body)
         .map_err(|error| format!("the body is not JSON ({error}); it starts with {}", body_start(body)))?;
     let root = Node::root(&document);
+    // Some servers answer an error with status 200.
+    if root.value.get("choices").is_none() && root.optional("error").is_some() {
+        return Err(format!("the reply holds an error instead of choices: {}", server_error_message(body)));
+    }
     let choice = root.get("choices")?.at(0)?;
     let text = match endpoint {
         Endpoint::Chat => {
@@ -476,7 +480,8 @@ mod tests {
             ),
             (r#"{"choices": {}}"#, "`choices` is not an array"),
             (
-                r#"{"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": -1}}"#,
+                r#"{"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": -1}}"#,
                 "`usage.prompt_tokens` is not a count",
             ),
             ("<html>", "not JSON"),
