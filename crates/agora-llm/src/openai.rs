@@ -21,6 +21,7 @@ mod wire;
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agora_core::{SplitMix64, mix64};
@@ -178,11 +179,13 @@ impl OpenAiBackend {
             .build()
             .map_err(|error| spec_error(format!("cannot set up the HTTP client: {error}")))?;
         let info = BackendInfo { kind: "openai".to_string(), spec, model: config.model.clone() };
-        // A different jitter sequence per backend and per process, so that clients that
-        // failed together do not retry together.
+        // A different jitter sequence per backend and per process (time, process id and a
+        // counter), so that clients that failed together do not retry together.
         let now =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_nanos() as u64).unwrap_or(0);
-        let jitter = Mutex::new(SplitMix64::new(mix64(now ^ u64::from(std::process::id()))));
+        static BACKENDS_OPENED: AtomicU64 = AtomicU64::new(0);
+        let opened = BACKENDS_OPENED.fetch_add(1, Ordering::Relaxed);
+        let jitter = Mutex::new(SplitMix64::new(mix64(now ^ u64::from(std::process::id())) ^ mix64(opened)));
         let permits = Semaphore::new(config.max_concurrency.max(1));
         Ok(OpenAiBackend { info, config, base_url, client, authorization, permits, jitter })
     }
