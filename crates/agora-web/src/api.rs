@@ -153,9 +153,26 @@ pub async fn completions(
     .into_response())
 }
 
+/// A request body with the shared sampling fields (which every generation request has).
+trait WithSampling: DeserializeOwned {
+    fn set_sampling(&mut self, sampling: SamplingFields);
+}
+
+impl WithSampling for ChatCompletionRequest {
+    fn set_sampling(&mut self, sampling: SamplingFields) {
+        self.sampling = sampling;
+    }
+}
+
+impl WithSampling for CompletionRequest {
+    fn set_sampling(&mut self, sampling: SamplingFields) {
+        self.sampling = sampling;
+    }
+}
+
 /// Reads a JSON body; errors say which field is wrong (`messages[0].role: ...`) or where
 /// the JSON breaks.
-fn parse_body<T: DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn parse_body<T: WithSampling>(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.max_body_bytes)
@@ -163,13 +180,18 @@ fn parse_body<T: DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRe
             ApiError::bad_request(None, format!("cannot read the request body: {}", rejection.body_text()))
         }
     })?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::bad_request(None, format!("the request body is not valid JSON: {error}")))?;
+    let mut body: T = from_json_value(&value)?;
+    body.set_sampling(from_json_value(&value)?);
+    Ok(body)
+}
+
+fn from_json_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(None, format!("the request body is not valid JSON: {inner}"))
-        } else if path == "." {
+        if path == "." {
             ApiError::bad_request(None, format!("invalid request body: {inner}"))
         } else {
             ApiError::bad_request(Some(&path), format!("invalid request body: `{path}`: {inner}"))
@@ -643,8 +665,15 @@ fn new_id(prefix: &str) -> String {
 mod tests {
     use super::*;
 
+    fn parse<T: WithSampling>(json: &str) -> T {
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        let mut body: T = from_json_value(&value).unwrap();
+        body.set_sampling(from_json_value(&value).unwrap());
+        body
+    }
+
     fn chat_body(json: &str) -> ChatCompletionRequest {
-        serde_json::from_str(json).unwrap()
+        parse(json)
     }
 
     #[test]
@@ -691,7 +720,7 @@ mod tests {
 
     #[test]
     fn completion_prompts_are_one_string() {
-        let call = |json: &str| completion_call(serde_json::from_str(json).unwrap(), 100);
+        let call = |json: &str| completion_call(parse(json), 100);
         let one = call(r#"{"prompt": ["Once upon"], "logprobs": 2}"#).unwrap();
         assert_eq!(one.request.prompt, agora_llm::Prompt::Text("Once upon".into()));
         assert_eq!((one.request.logprobs, one.request.sampling.max_tokens), (Some(2), DEFAULT_COMPLETION_MAX_TOKENS));

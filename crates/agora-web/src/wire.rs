@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 // ---------------------------------------------------------------------------------------
 // Requests
 
-/// Fields shared by both generation endpoints (flattened into each request).
+/// Fields shared by both generation endpoints. They sit at the top level of a request body
+/// and are read from it in a second pass (serde's `flatten` would lose the field names
+/// that error messages quote).
 #[derive(Debug, Default, Deserialize)]
 pub struct SamplingFields {
     pub max_tokens: Option<u64>,
@@ -49,7 +51,7 @@ pub struct ChatCompletionRequest {
     pub max_completion_tokens: Option<u64>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
 }
 
@@ -86,7 +88,7 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub best_of: Option<u64>,
     pub suffix: Option<String>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
 }
 
