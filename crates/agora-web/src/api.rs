@@ -29,10 +29,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
 use crate::wire::{
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, Completion, CompletionChoice, CompletionLogprobs,
-    CompletionRequest, Delta, MessageContent, ModelCard, ModelList, PromptField, SamplingFields, StopField,
-    UsageBody,
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
+    ChatCompletionRequest, ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, Completion, CompletionChoice,
+    CompletionLogprobs, CompletionRequest, Delta, MessageContent, ModelCard, ModelList, PromptField,
+    SamplingFields, StopField, UsageBody,
 };
 
 /// The most alternatives per token a client may ask for (OpenAI allows 20 in chat).
@@ -104,7 +104,8 @@ pub async fn chat_completions(
     if call.stream {
         return Ok(start_stream(state.backend.clone(), call.request, context, permit));
     }
-    let reply = state.backend.generate(call.request, None).await.map_err(|error| ApiError::from_backend(&error))?;
+    let reply =
+        state.backend.generate(call.request, None).await.map_err(|error| ApiError::from_backend(&error))?;
     drop(permit);
     let logprobs = reply.logprobs.as_deref().map(chat_logprobs);
     Ok(Json(ChatCompletion {
@@ -134,7 +135,8 @@ pub async fn completions(
     if call.stream {
         return Ok(start_stream(state.backend.clone(), call.request, context, permit));
     }
-    let reply = state.backend.generate(call.request, None).await.map_err(|error| ApiError::from_backend(&error))?;
+    let reply =
+        state.backend.generate(call.request, None).await.map_err(|error| ApiError::from_backend(&error))?;
     drop(permit);
     let logprobs = reply.logprobs.as_deref().map(|tokens| completion_logprobs(tokens, 0));
     Ok(Json(Completion {
@@ -180,8 +182,9 @@ fn parse_body<T: WithSampling>(state: &AppState, body: Result<Bytes, BytesReject
             ApiError::bad_request(None, format!("cannot read the request body: {}", rejection.body_text()))
         }
     })?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|error| ApiError::bad_request(None, format!("the request body is not valid JSON: {error}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::bad_request(None, format!("the request body is not valid JSON: {error}"))
+    })?;
     let mut body: T = from_json_value(&value)?;
     body.set_sampling(from_json_value(&value)?);
     Ok(body)
@@ -221,7 +224,9 @@ fn chat_call(body: ChatCompletionRequest, max_tokens_limit: usize) -> Result<Cal
             other => {
                 return Err(ApiError::bad_request(
                     Some(&format!("{param}.role")),
-                    format!("`{param}.role` is `{other}`; agora serves system, developer, user and assistant messages"),
+                    format!(
+                        "`{param}.role` is `{other}`; agora serves system, developer, user and assistant messages"
+                    ),
                 ));
             }
         };
@@ -237,7 +242,9 @@ fn chat_call(body: ChatCompletionRequest, max_tokens_limit: usize) -> Result<Cal
                             let part_param = format!("{param}.content[{part_index}]");
                             return Err(ApiError::bad_request(
                                 Some(&part_param),
-                                format!("`{part_param}` is a `{kind}` part; only text parts with a `text` field are served"),
+                                format!(
+                                    "`{part_param}` is a `{kind}` part; only text parts with a `text` field are served"
+                                ),
                             ));
                         }
                     }
@@ -258,7 +265,11 @@ fn chat_call(body: ChatCompletionRequest, max_tokens_limit: usize) -> Result<Cal
     let sampling = sampling(&body.sampling, max_tokens, max_tokens_limit, max_tokens_limit)?;
     let mut request = Request::chat(messages, sampling);
     request.logprobs = top_logprobs;
-    Ok(Call { request, stream: body.sampling.stream.unwrap_or(false), include_usage: include_usage(&body.sampling) })
+    Ok(Call {
+        request,
+        stream: body.sampling.stream.unwrap_or(false),
+        include_usage: include_usage(&body.sampling),
+    })
 }
 
 fn completion_call(body: CompletionRequest, max_tokens_limit: usize) -> Result<Call, ApiError> {
@@ -275,7 +286,10 @@ fn completion_call(body: CompletionRequest, max_tokens_limit: usize) -> Result<C
             Err(items) => {
                 return Err(ApiError::bad_request(
                     Some("prompt"),
-                    format!("`prompt` is a list of {} prompts; agora serves one prompt per request", items.len()),
+                    format!(
+                        "`prompt` is a list of {} prompts; agora serves one prompt per request",
+                        items.len()
+                    ),
                 ));
             }
         },
@@ -293,7 +307,11 @@ fn completion_call(body: CompletionRequest, max_tokens_limit: usize) -> Result<C
     let sampling = sampling(&body.sampling, None, DEFAULT_COMPLETION_MAX_TOKENS, max_tokens_limit)?;
     let mut request = Request::text(prompt, sampling);
     request.logprobs = logprobs;
-    Ok(Call { request, stream: body.sampling.stream.unwrap_or(false), include_usage: include_usage(&body.sampling) })
+    Ok(Call {
+        request,
+        stream: body.sampling.stream.unwrap_or(false),
+        include_usage: include_usage(&body.sampling),
+    })
 }
 
 fn top_logprobs_count(param: &str, value: u64) -> Result<usize, ApiError> {
@@ -321,11 +339,16 @@ fn sampling(
     if let Some(n) = fields.n
         && n != 1
     {
-        return Err(ApiError::bad_request(Some("n"), format!("`n` is {n}; agora serves one choice per request (n = 1)")));
+        return Err(ApiError::bad_request(
+            Some("n"),
+            format!("`n` is {n}; agora serves one choice per request (n = 1)"),
+        ));
     }
     let max_tokens = match newer_max_tokens.or(fields.max_tokens.map(|value| ("max_tokens", value))) {
         None => default_max_tokens,
-        Some((param, 0)) => return Err(ApiError::bad_request(Some(param), format!("`{param}` must be at least 1"))),
+        Some((param, 0)) => {
+            return Err(ApiError::bad_request(Some(param), format!("`{param}` must be at least 1")));
+        }
         Some((param, value)) if value > max_tokens_limit as u64 => {
             return Err(ApiError::bad_request(
                 Some(param),
@@ -343,7 +366,10 @@ fn sampling(
     }
     let top_p = fields.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::bad_request(Some("top_p"), format!("`top_p` is {top_p}; it must be in (0, 1]")));
+        return Err(ApiError::bad_request(
+            Some("top_p"),
+            format!("`top_p` is {top_p}; it must be in (0, 1]"),
+        ));
     }
     let stop = match &fields.stop {
         None => Vec::new(),
@@ -360,7 +386,10 @@ fn sampling(
             // Two's complement keeps distinct negative seeds distinct.
             (None, Some(seed)) => Some(seed as u64),
             (None, None) => {
-                return Err(ApiError::bad_request(Some("seed"), format!("`seed` is {number}; it must be an integer")));
+                return Err(ApiError::bad_request(
+                    Some("seed"),
+                    format!("`seed` is {number}; it must be an integer"),
+                ));
             }
         },
     };
@@ -487,7 +516,8 @@ impl StreamContext {
                 self.chat_chunk(Delta { role: None, content: Some(chunk.text.clone()) }, logprobs, None)
             }
             Endpoint::Completion => {
-                let logprobs = wants_logprobs.then(|| completion_logprobs(&chunk.logprobs, self.sent_characters));
+                let logprobs =
+                    wants_logprobs.then(|| completion_logprobs(&chunk.logprobs, self.sent_characters));
                 self.completion_chunk(chunk.text.clone(), logprobs, None)
             }
         };
@@ -505,7 +535,11 @@ impl StreamContext {
         {
             // Only a backend that never streamed gets here; its log-probs go with the text
             // when none were sent.
-            let logprobs = if self.sent_text.is_empty() { reply.logprobs.clone().unwrap_or_default() } else { Vec::new() };
+            let logprobs = if self.sent_text.is_empty() {
+                reply.logprobs.clone().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let chunk = Chunk { text: unsent.to_string(), logprobs };
             events.push(self.piece(&chunk, wants_logprobs));
         }
@@ -538,7 +572,12 @@ impl StreamContext {
         events
     }
 
-    fn chat_chunk(&self, delta: Delta, logprobs: Option<ChatLogprobs>, finish_reason: Option<String>) -> Event {
+    fn chat_chunk(
+        &self,
+        delta: Delta,
+        logprobs: Option<ChatLogprobs>,
+        finish_reason: Option<String>,
+    ) -> Event {
         json_event(&ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk",
@@ -575,13 +614,16 @@ fn json_event<T: Serialize>(value: &T) -> Event {
         Ok(json) => Event::default().data(json),
         // Our reply types always serialize; should one not, the client sees an error event
         // instead of a silently missing piece.
-        Err(error) => error_event(&ApiError::bad_request(None, format!("cannot serialize a reply chunk: {error}"))),
+        Err(error) => {
+            error_event(&ApiError::bad_request(None, format!("cannot serialize a reply chunk: {error}")))
+        }
     }
 }
 
 fn error_event(error: &ApiError) -> Event {
-    let json = serde_json::to_string(&error.body())
-        .unwrap_or_else(|_| r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.into());
+    let json = serde_json::to_string(&error.body()).unwrap_or_else(|_| {
+        r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.into()
+    });
     Event::default().data(json)
 }
 
@@ -702,12 +744,21 @@ mod tests {
         for (json, param) in [
             (r#"{"messages": []}"#, "messages"),
             (r#"{"messages": [{"role": "tool", "content": "x"}]}"#, "messages[0].role"),
-            (r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#, "messages[0].content[0]"),
+            (
+                r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
+                "messages[0].content[0]",
+            ),
             (r#"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#, "n"),
             (r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 101}"#, "max_tokens"),
-            (r#"{"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}"#, "max_completion_tokens"),
+            (
+                r#"{"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}"#,
+                "max_completion_tokens",
+            ),
             (r#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#, "top_logprobs"),
-            (r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}"#, "top_logprobs"),
+            (
+                r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}"#,
+                "top_logprobs",
+            ),
             (r#"{"messages": [{"role": "user", "content": "x"}], "temperature": 3}"#, "temperature"),
             (r#"{"messages": [{"role": "user", "content": "x"}], "top_p": 0}"#, "top_p"),
         ] {
@@ -723,7 +774,10 @@ mod tests {
         let call = |json: &str| completion_call(parse(json), 100);
         let one = call(r#"{"prompt": ["Once upon"], "logprobs": 2}"#).unwrap();
         assert_eq!(one.request.prompt, agora_llm::Prompt::Text("Once upon".into()));
-        assert_eq!((one.request.logprobs, one.request.sampling.max_tokens), (Some(2), DEFAULT_COMPLETION_MAX_TOKENS));
+        assert_eq!(
+            (one.request.logprobs, one.request.sampling.max_tokens),
+            (Some(2), DEFAULT_COMPLETION_MAX_TOKENS)
+        );
         for (json, param) in [
             (r#"{"prompt": ["a", "b"]}"#, "prompt"),
             (r#"{"prompt": [1, 2, 3]}"#, "prompt"),

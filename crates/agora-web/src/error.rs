@@ -68,9 +68,7 @@ impl ApiError {
     pub fn overloaded(limit: usize) -> ApiError {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "the server is busy: {limit} requests are already running; retry in a moment"
-            ),
+            message: format!("the server is busy: {limit} requests are already running; retry in a moment"),
             kind: "server_error",
             param: None,
             code: Some("overloaded"),

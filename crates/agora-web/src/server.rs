@@ -131,9 +131,11 @@ impl BoundServer {
 
 /// Opens the listener of `config.bind` for `backend`.
 pub async fn bind(backend: Arc<dyn Backend>, config: &ServeConfig) -> Result<BoundServer, ServeError> {
-    let listener =
-        TcpListener::bind(config.bind).await.map_err(|source| ServeError::Bind { address: config.bind, source })?;
-    let address = listener.local_addr().map_err(|source| ServeError::Bind { address: config.bind, source })?;
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServeError::Bind { address: config.bind, source })?;
+    let address =
+        listener.local_addr().map_err(|source| ServeError::Bind { address: config.bind, source })?;
     Ok(BoundServer { listener, address, router: router(backend, config) })
 }
 
@@ -167,6 +169,9 @@ mod tests {
     fn default_bind_is_loopback() {
         let config = ServeConfig::default();
         assert!(config.bind.ip().is_loopback());
-        assert_eq!((config.bind.port(), config.max_body_bytes, config.max_tokens_limit), (8000, 1 << 20, 4096));
+        assert_eq!(
+            (config.bind.port(), config.max_body_bytes, config.max_tokens_limit),
+            (8000, 1 << 20, 4096)
+        );
     }
 }

@@ -34,14 +34,16 @@ async fn start_fake(mode: FakeMode) -> TestServer {
 }
 
 async fn post(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new().post(format!("{}{path}", server.base)).json(body).send().await.unwrap();
+    let response =
+        reqwest::Client::new().post(format!("{}{path}", server.base)).json(body).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
 
 /// The `data:` payloads of an SSE body, in order.
 async fn sse_events(server: &TestServer, path: &str, body: &Value) -> Vec<String> {
-    let response = reqwest::Client::new().post(format!("{}{path}", server.base)).json(body).send().await.unwrap();
+    let response =
+        reqwest::Client::new().post(format!("{}{path}", server.base)).json(body).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
     assert!(content_type.starts_with("text/event-stream"), "{content_type}");
@@ -61,7 +63,8 @@ async fn health_and_models() {
     let server = start_fake(FakeMode::Seeded).await;
     let health: Value = reqwest::get(format!("{}/health", server.base)).await.unwrap().json().await.unwrap();
     assert_eq!(health, json!({"status": "ok"}));
-    let models: Value = reqwest::get(format!("{}/v1/models", server.base)).await.unwrap().json().await.unwrap();
+    let models: Value =
+        reqwest::get(format!("{}/v1/models", server.base)).await.unwrap().json().await.unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "fake-seeded");
     assert_eq!(models["data"][0]["object"], "model");
@@ -161,7 +164,8 @@ async fn chat_streaming_with_usage_and_logprobs() {
     body["logprobs"] = json!(true);
     let events = sse_events(&server, "/v1/chat/completions", &body).await;
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|event| serde_json::from_str(event).unwrap()).collect();
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|event| serde_json::from_str(event).unwrap()).collect();
     let id = chunks[0]["id"].as_str().unwrap();
     assert!(id.starts_with("chatcmpl-"));
     assert!(chunks.iter().all(|chunk| chunk["id"] == id && chunk["object"] == "chat.completion.chunk"));
@@ -186,13 +190,15 @@ async fn completion_streaming_with_logprobs() {
     let body = json!({"prompt": "aa bb cc dd", "stream": true, "logprobs": 1, "max_tokens": 3});
     let events = sse_events(&server, "/v1/completions", &body).await;
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|event| serde_json::from_str(event).unwrap()).collect();
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|event| serde_json::from_str(event).unwrap()).collect();
     assert_eq!(chunks.len(), 4, "three tokens and the finish chunk: {chunks:#?}");
     assert!(chunks.iter().all(|chunk| chunk["object"] == "text_completion"));
     assert!(chunks[0]["id"].as_str().unwrap().starts_with("cmpl-"));
     let text: String = chunks.iter().map(|chunk| chunk["choices"][0]["text"].as_str().unwrap()).collect();
     assert_eq!(text, "aa bb cc");
-    let offsets: Vec<Value> = chunks[..3].iter().map(|chunk| chunk["choices"][0]["logprobs"]["text_offset"][0].clone()).collect();
+    let offsets: Vec<Value> =
+        chunks[..3].iter().map(|chunk| chunk["choices"][0]["logprobs"]["text_offset"][0].clone()).collect();
     assert_eq!(offsets, vec![json!(0), json!(2), json!(5)]);
     assert_eq!(chunks[3]["choices"][0]["finish_reason"], "length");
 }
@@ -328,8 +334,11 @@ impl Backend for CountingBackend {
         Box::pin(async move {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_in_flight.fetch_max(now, Ordering::SeqCst);
-            let mut guard =
-                InFlight { in_flight: self.in_flight.clone(), abandoned: self.abandoned.clone(), finished: false };
+            let mut guard = InFlight {
+                in_flight: self.in_flight.clone(),
+                abandoned: self.abandoned.clone(),
+                finished: false,
+            };
             let reply = self.inner.generate(request, stream).await;
             guard.finished = true;
             reply
@@ -393,8 +402,12 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_backend_request() {
     let server = start(backend, ServeConfig::default()).await;
     let mut body = chat_body(&"word ".repeat(1000));
     body["stream"] = json!(true);
-    let mut response =
-        reqwest::Client::new().post(format!("{}/v1/chat/completions", server.base)).json(&body).send().await.unwrap();
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     // Wait for a streamed token (past the opening role chunk), then hang up.
     let mut received = String::new();
     while !received.contains("word") {
@@ -416,7 +429,8 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_backend_request() {
 
 #[tokio::test]
 async fn shutdown_lets_a_running_stream_finish() {
-    let backend: Arc<dyn Backend> = Arc::new(FakeBackend::new(FakeMode::Echo).with_token_delay(Duration::from_millis(10)));
+    let backend: Arc<dyn Backend> =
+        Arc::new(FakeBackend::new(FakeMode::Echo).with_token_delay(Duration::from_millis(10)));
     let config = ServeConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServeConfig::default() };
     let server = bind(backend, &config).await.unwrap();
     let base = format!("http://{}", server.local_addr());
@@ -426,7 +440,8 @@ async fn shutdown_lets_a_running_stream_finish() {
     }));
     let mut body = json!({"prompt": "one two three four five six seven eight", "stream": true});
     body["max_tokens"] = json!(20);
-    let mut response = reqwest::Client::new().post(format!("{base}/v1/completions")).json(&body).send().await.unwrap();
+    let mut response =
+        reqwest::Client::new().post(format!("{base}/v1/completions")).json(&body).send().await.unwrap();
     let mut received = String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()).into_owned();
     stop.send(()).unwrap();
     while let Some(bytes) = response.chunk().await.unwrap() {
