@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agora_core::{ChatRole, Message, mix64};
-use agora_llm::{Backend, Chunk, FinishReason, Reply, Request, Sampling, TokenLogprob, Usage};
+use agora_llm::{Backend, Chunk, FinishReason, LlmError, Reply, Request, Sampling, TokenLogprob, Usage};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
@@ -89,6 +89,13 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint", "not_found")
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::not_found("this endpoint does not take that method", "method_not_allowed")
+    }
+}
+
 fn model_card(state: &AppState) -> ModelCard {
     ModelCard { id: state.model(), object: "model", created: state.started, owned_by: "agora" }
 }
@@ -102,7 +109,7 @@ pub async fn chat_completions(
     let call = chat_call(body, state.max_tokens_limit)?;
     let context = StreamContext::new(&state, Endpoint::Chat, &call);
     if call.stream {
-        return Ok(start_stream(state.backend.clone(), call.request, context, permit));
+        return start_stream(state.backend.clone(), call.request, context, permit).await;
     }
     let reply =
         state.backend.generate(call.request, None).await.map_err(|error| ApiError::from_backend(&error))?;
@@ -133,7 +140,7 @@ pub async fn completions(
     let call = completion_call(body, state.max_tokens_limit)?;
     let context = StreamContext::new(&state, Endpoint::Completion, &call);
     if call.stream {
-        return Ok(start_stream(state.backend.clone(), call.request, context, permit));
+        return start_stream(state.backend.clone(), call.request, context, permit).await;
     }
     let reply =
         state.backend.generate(call.request, None).await.map_err(|error| ApiError::from_backend(&error))?;
@@ -628,17 +635,26 @@ fn error_event(error: &ApiError) -> Event {
 }
 
 /// Starts the backend task of a streamed reply and returns the SSE response that carries
-/// its events.
-fn start_stream(
+/// its events. The response waits for the first piece of text (or the end of the reply),
+/// so that a request the backend refuses at once (a prompt longer than the context) gets
+/// a proper error status instead of a stream that holds only an error.
+async fn start_stream(
     backend: Arc<dyn Backend>,
     request: Request,
     context: StreamContext,
     permit: OwnedSemaphorePermit,
-) -> Response {
+) -> Result<Response, ApiError> {
     let (events, receiver) = mpsc::channel(STREAM_BUFFER_EVENTS);
-    tokio::spawn(run_stream(backend, request, context, events, permit));
-    let body = ReceiverStream::new(receiver).map(Ok::<Event, Infallible>);
-    Sse::new(body).keep_alive(KeepAlive::default()).into_response()
+    let (started, has_started) = oneshot::channel();
+    tokio::spawn(run_stream(backend, request, context, events, started, permit));
+    match has_started.await {
+        Ok(Ok(())) => {
+            let body = ReceiverStream::new(receiver).map(Ok::<Event, Infallible>);
+            Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(ApiError::from_backend(&LlmError::Model("the streaming task stopped".into()))),
+    }
 }
 
 async fn run_stream(
@@ -646,13 +662,16 @@ async fn run_stream(
     request: Request,
     mut context: StreamContext,
     events: mpsc::Sender<Event>,
+    started: oneshot::Sender<Result<(), ApiError>>,
     permit: OwnedSemaphorePermit,
 ) {
     // Held until the stream ends, so streams count against max_concurrent_requests.
     let _permit = permit;
+    let mut started = Some(started);
     let wants_logprobs = request.logprobs.is_some();
     let (sink, mut chunks) = mpsc::unbounded_channel::<Chunk>();
     let mut generation = backend.generate(request, Some(sink));
+    // The channel is empty and its receiver held, so this does not wait.
     if let Some(opening) = context.opening()
         && events.send(opening).await.is_err()
     {
@@ -664,6 +683,7 @@ async fn run_stream(
             // The client went away: returning drops `generation`, which cancels it.
             () = events.closed() => return,
             Some(chunk) = chunks.recv() => {
+                announce_start(&mut started);
                 if events.send(context.piece(&chunk, wants_logprobs)).await.is_err() {
                     return;
                 }
@@ -679,14 +699,30 @@ async fn run_stream(
         Ok(reply) => closing.extend(context.closing(reply, wants_logprobs)),
         Err(error) => {
             eprintln!("agora serve: a streamed request failed: {error}");
-            closing.push(error_event(&ApiError::from_backend(&error)));
+            let api_error = ApiError::from_backend(&error);
+            if closing.is_empty()
+                && let Some(started) = started.take()
+            {
+                // Nothing sent yet: the client gets an error status, not a stream.
+                let _ = started.send(Err(api_error));
+                return;
+            }
+            closing.push(error_event(&api_error));
         }
     }
+    announce_start(&mut started);
     closing.push(Event::default().data("[DONE]"));
     for event in closing {
         if events.send(event).await.is_err() {
             return;
         }
+    }
+}
+
+/// Tells the handler waiting in [`start_stream`] that the stream has begun (once).
+fn announce_start(started: &mut Option<oneshot::Sender<Result<(), ApiError>>>) {
+    if let Some(started) = started.take() {
+        let _ = started.send(Ok(()));
     }
 }
 

@@ -70,6 +70,7 @@ pub fn router(backend: Arc<dyn Backend>, config: &ServeConfig) -> Router {
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .route_layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
         .route("/health", get(api::health))

@@ -451,3 +451,89 @@ async fn shutdown_lets_a_running_stream_finish() {
     running.await.unwrap().unwrap();
     assert!(reqwest::get(format!("{base}/health")).await.is_err(), "no longer accepting");
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_before_a_plain_reply_cancels_the_backend_request() {
+    let backend = Arc::new(CountingBackend::new(Duration::from_millis(20)));
+    let (in_flight, abandoned) = (backend.in_flight.clone(), backend.abandoned.clone());
+    let server = start(backend, ServeConfig::default()).await;
+    let request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&chat_body(&"word ".repeat(1000)))
+        .send();
+    let pending = tokio::spawn(request);
+    for _ in 0..500 {
+        if in_flight.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(in_flight.load(Ordering::SeqCst), 1);
+    pending.abort();
+    for _ in 0..500 {
+        if abandoned.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(abandoned.load(Ordering::SeqCst), 1, "the backend request was not cancelled");
+}
+
+/// Streams two tokens, then fails.
+struct FailingMidStream {
+    info: BackendInfo,
+}
+
+impl Backend for FailingMidStream {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn generate(&self, _request: Request, stream: Option<StreamSink>) -> BoxFuture<'_, Result<Reply>> {
+        Box::pin(async move {
+            for text in ["one", " two"] {
+                if let Some(sink) = &stream {
+                    let _ = sink.send(agora_llm::Chunk { text: text.into(), logprobs: Vec::new() });
+                }
+            }
+            Err(agora_llm::LlmError::Model("the model fell over".into()))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_backend_failure_mid_stream_ends_with_an_error_event() {
+    let info = BackendInfo { kind: "test".into(), spec: "test".into(), model: "failing".into() };
+    let server = start(Arc::new(FailingMidStream { info }), ServeConfig::default()).await;
+    let mut body = chat_body("hi");
+    body["stream"] = json!(true);
+    let events = sse_events(&server, "/v1/chat/completions", &body).await;
+    // The role chunk, two pieces, the error, [DONE].
+    assert_eq!(events.len(), 5, "{events:?}");
+    let error: Value = serde_json::from_str(&events[3]).unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("the model fell over"), "{error}");
+    assert_eq!(events[4], "[DONE]");
+}
+
+#[tokio::test]
+async fn a_stream_refused_before_its_first_token_gets_an_error_status() {
+    let backend =
+        FakeBackend::from_fn(|_| Err(agora_llm::LlmError::InvalidRequest("the prompt is too long".into())));
+    let server = start(Arc::new(backend), ServeConfig::default()).await;
+    let mut body = json!({"prompt": "x", "stream": true});
+    let (status, error) = post(&server, "/v1/completions", &body).await;
+    assert_eq!(status, 400);
+    assert!(error["error"]["message"].as_str().unwrap().contains("too long"), "{error}");
+    body["prompt"] = json!("y");
+    let (status, _) = post(&server, "/v1/completions", &body).await;
+    assert_eq!(status, 400, "the permit of the refused stream was given back");
+}
+
+#[tokio::test]
+async fn wrong_methods_get_json_errors() {
+    let server = start_fake(FakeMode::Seeded).await;
+    let response = reqwest::get(format!("{}/v1/chat/completions", server.base)).await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "method_not_allowed");
+}
