@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agora_core::{ChatRole, Message, mix64};
-use agora_llm::{Backend, Chunk, FinishReason, LlmError, Reply, Request, Sampling, TokenLogprob, Usage};
+use agora_llm::{Backend, Chunk, FinishReason, Reply, Request, Sampling, TokenLogprob, Usage};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -621,9 +621,7 @@ fn json_event<T: Serialize>(value: &T) -> Event {
         Ok(json) => Event::default().data(json),
         // Our reply types always serialize; should one not, the client sees an error event
         // instead of a silently missing piece.
-        Err(error) => {
-            error_event(&ApiError::bad_request(None, format!("cannot serialize a reply chunk: {error}")))
-        }
+        Err(error) => error_event(&ApiError::internal(format!("cannot serialize a reply chunk: {error}"))),
     }
 }
 
@@ -653,7 +651,7 @@ async fn start_stream(
             Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())
         }
         Ok(Err(error)) => Err(error),
-        Err(_) => Err(ApiError::from_backend(&LlmError::Model("the streaming task stopped".into()))),
+        Err(_) => Err(ApiError::internal("the streaming task stopped before the reply began")),
     }
 }
 

@@ -85,18 +85,22 @@ impl ApiError {
         }
     }
 
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
     /// A backend's failure: the request's own fault (too long for the context, ...) is a
     /// 400, anything else a 500.
     pub fn from_backend(error: &LlmError) -> ApiError {
         match error {
             LlmError::InvalidRequest(message) => ApiError::bad_request(None, message.clone()),
-            other => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: format!("the backend failed: {other}"),
-                kind: "server_error",
-                param: None,
-                code: None,
-            },
+            other => ApiError::internal(format!("the backend failed: {other}")),
         }
     }
 
