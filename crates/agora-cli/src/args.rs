@@ -1,7 +1,10 @@
 //! Command-line declarations (clap). Every flag has a doc comment: `--help` is the
 //! first manual. Nothing here does work; `settings.rs` resolves, `commands/` runs.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+
+use agora_llm::BackendSpec;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -53,6 +56,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Chat with a model in the terminal, optionally holding a persona.
     Chat(ChatArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /// /v1/completions, /v1/models), on 127.0.0.1 unless told otherwise.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +169,36 @@ pub struct ChatArgs {
     /// (one per line).
     #[arg(long)]
     pub persona: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The model behind the API: `native` (the model --model names, by default the embedded
+    /// one), `native:PATH`, `openai:URL#MODEL` (a proxy) or `fake:seeded` / `fake:echo`.
+    #[arg(long, default_value = "native")]
+    pub backend: BackendSpec,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on. Anything but a loopback address exposes the model to the
+    /// network: set a token then.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 = any free port; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Environment variable holding the bearer token clients must send (unset or empty =
+    /// no token). The token itself is never printed.
+    #[arg(long, default_value = "AGORA_SERVE_TOKEN")]
+    pub token_env: String,
+    /// Largest `max_tokens` a request may ask for (and the default of chat requests).
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens_limit: usize,
+    /// Generation requests running at once; more are answered 503 (clients retry).
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Largest request body in bytes; larger ones are answered 413.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -306,6 +342,9 @@ pub enum BenchTarget {
     /// 6 heads, vocabulary 50,257) on a batch of 4 x 256 tokens.
     #[value(name = "forward-gpt2")]
     ForwardGpt2,
+    /// `agora serve` in-process under load: N chat requests one after another, then N at
+    /// once; generated tokens/s each way and their ratio (batching at work).
+    Serve,
 }
 
 #[derive(Debug, Args)]
@@ -348,6 +387,19 @@ pub struct BenchArgs {
     /// forward-gpt2: tokens per sequence.
     #[arg(long, default_value_t = 256)]
     pub sequence: usize,
+    /// serve: chat requests per phase (sequential, then concurrent).
+    #[arg(long, default_value_t = 64)]
+    pub requests: usize,
+    /// serve: `max_tokens` of each request.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// serve: the backend behind the server (`native` uses --model).
+    #[arg(long, default_value = "native")]
+    pub backend: BackendSpec,
+    /// serve: with a `fake:` backend, wait this long per token, like a model that cannot
+    /// batch (a check of the server's concurrency without a model).
+    #[arg(long)]
+    pub fake_token_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,7 @@ pub fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         BenchTarget::Cmv => bench_cmv(settings, args),
         BenchTarget::Decode => bench_decode(settings, args),
         BenchTarget::ForwardGpt2 => bench_forward_gpt2(settings, args),
+        BenchTarget::Serve => super::bench_serve::run(settings, args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bench_serve;
 mod build;
 mod chat;
 mod corpora;
@@ -11,6 +12,7 @@ mod import;
 mod init;
 mod model;
 mod quickstart;
+mod serve;
 mod show;
 mod stats;
 
@@ -32,5 +34,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(command) => model::run(&settings, &command),
         Command::Generate(args) => generate::run(&settings, &args),
         Command::Chat(args) => chat::run(&settings, &args),
+        Command::Serve(args) => serve::run(&settings, &args),
     }
 }
