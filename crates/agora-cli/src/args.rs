@@ -109,6 +109,10 @@ pub struct ModelArgs {
     /// CPU threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// For an `openai:` backend: the environment variable that holds the API key (by
+    /// default AGORA_API_KEY, then OPENAI_API_KEY). The key is never printed or stored.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -198,7 +198,8 @@ fn bench_decode(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let threads = threads_or_all(args.threads);
     // Before any model work: candle's kernels read rayon's global pool.
     set_threads(threads);
-    let model_args = ModelArgs { model: args.model.clone(), models_dir: None, threads: None };
+    let model_args =
+        ModelArgs { model: args.model.clone(), models_dir: None, threads: None, api_key_env: None };
     let path = super::model::model_path(&model_args)?;
     let file_bytes =
         std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.len();

@@ -71,7 +71,12 @@ fn open(args: &BenchArgs) -> anyhow::Result<Arc<dyn Backend>> {
         }
         (spec, Some(_)) => anyhow::bail!("--fake-token-delay-ms needs a fake: backend, not `{spec}`"),
         (spec, None) => {
-            let model = ModelArgs { model: args.model.clone(), models_dir: None, threads: args.threads };
+            let model = ModelArgs {
+                model: args.model.clone(),
+                models_dir: None,
+                threads: args.threads,
+                api_key_env: None,
+            };
             super::backend::open_backend(spec, &model)
         }
     }

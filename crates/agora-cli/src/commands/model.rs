@@ -16,7 +16,7 @@ use crate::settings::Settings;
 pub fn run(settings: &Settings, command: &ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Info { model } => {
-            let args = ModelArgs { model: model.clone(), models_dir: None, threads: None };
+            let args = ModelArgs { model: model.clone(), models_dir: None, threads: None, api_key_env: None };
             let engine = load_engine(&args)?;
             let summary = engine.summary();
             if settings.json {
