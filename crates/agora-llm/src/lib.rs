@@ -18,11 +18,13 @@
 mod backend;
 mod error;
 mod fake;
+mod native;
 mod request;
 mod spec;
 
 pub use backend::{Backend, BackendInfo, BoxFuture, StreamSink};
 pub use error::{LlmError, Result};
 pub use fake::{FakeBackend, FakeMode};
+pub use native::{MAX_TOP_LOGPROBS, NativeBackend, NativeOptions, NativeStats, sampling_config};
 pub use request::{Chunk, FinishReason, Prompt, Reply, Request, Sampling, TokenLogprob, TopLogprob, Usage};
 pub use spec::BackendSpec;
