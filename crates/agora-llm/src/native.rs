@@ -81,7 +81,11 @@ pub struct NativeBackend {
 
 impl std::fmt::Debug for NativeBackend {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("NativeBackend").field("info", &self.info).field("stats", &self.stats()).finish()
+        formatter
+            .debug_struct("NativeBackend")
+            .field("info", &self.info)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -143,7 +147,9 @@ impl Backend for NativeBackend {
                 return Err(LlmError::Model("the native model thread has stopped".to_string()));
             }
             receiver.await.map_err(|_| {
-                LlmError::Model("the native model thread stopped before replying (see its error output)".to_string())
+                LlmError::Model(
+                    "the native model thread stopped before replying (see its error output)".to_string(),
+                )
             })?
         })
     }
@@ -472,7 +478,10 @@ fn safe_to_show(text: &str, stops: &[String]) -> usize {
         stops.iter().any(|stop| stop.len() > ending.len() && stop.starts_with(ending))
     };
     // The earliest start of an ending that is a proper prefix of a stop string.
-    text.char_indices().map(|(start, _)| start).find(|&start| could_grow_into_a_stop(start)).unwrap_or(text.len())
+    text.char_indices()
+        .map(|(start, _)| start)
+        .find(|&start| could_grow_into_a_stop(start))
+        .unwrap_or(text.len())
 }
 
 /// A token's log-probs with the tokenizer's text for each token.

@@ -206,7 +206,10 @@ fn logprobs_come_with_token_strings_and_alternatives() {
         assert!(entry.logprob <= 0.0);
         assert_eq!(entry.top.len(), 4);
         // Greedy: the chosen token is the most likely one.
-        assert_eq!((entry.top[0].token.as_str(), entry.top[0].logprob), (entry.token.as_str(), entry.logprob));
+        assert_eq!(
+            (entry.top[0].token.as_str(), entry.top[0].logprob),
+            (entry.token.as_str(), entry.logprob)
+        );
         assert!(entry.top.windows(2).all(|pair| pair[0].logprob >= pair[1].logprob));
     }
     // Without the question, none; the text is the same either way.
@@ -228,9 +231,15 @@ fn bad_requests_are_refused_and_the_backend_goes_on() {
     refused(Request::text("hello", Sampling::greedy(4)).with_logprobs(50), "top_logprobs");
     refused(Request::text("", Sampling::greedy(4)), "empty");
     let reply = block_on(backend.generate(Request::text("hello", Sampling::greedy(4)), None)).unwrap();
-    assert_eq!(reply.usage, agora_llm::Usage { prompt_tokens: 5, completion_tokens: reply.usage.completion_tokens });
+    assert_eq!(
+        reply.usage,
+        agora_llm::Usage { prompt_tokens: 5, completion_tokens: reply.usage.completion_tokens }
+    );
     let none = block_on(backend.generate(Request::text("hello", Sampling::greedy(0)), None)).unwrap();
-    assert_eq!((none.text.as_str(), none.finish_reason, none.usage.completion_tokens), ("", FinishReason::Length, 0));
+    assert_eq!(
+        (none.text.as_str(), none.finish_reason, none.usage.completion_tokens),
+        ("", FinishReason::Length, 0)
+    );
 }
 
 #[test]
@@ -259,10 +268,8 @@ fn the_default_model_batches_concurrent_chats_without_changing_them() {
     let backend = NativeBackend::new(engine, NativeOptions::default()).unwrap();
     assert_eq!(backend.info().model, "SmolLM2-135M-Instruct.Q8_0.gguf");
     // Few and short: the model runs unoptimised code in test builds.
-    let requests: Vec<Request> = chats(4)
-        .into_iter()
-        .map(|request| Request { sampling: Sampling::greedy(8), ..request })
-        .collect();
+    let requests: Vec<Request> =
+        chats(4).into_iter().map(|request| Request { sampling: Sampling::greedy(8), ..request }).collect();
     let sequential = one_by_one(&backend, &requests);
     let concurrent = all_at_once(&backend, &requests);
     for (index, (alone, batched)) in sequential.iter().zip(&concurrent).enumerate() {

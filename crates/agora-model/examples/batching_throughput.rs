@@ -15,8 +15,8 @@ use agora_model::generate::{GenerateOptions, RowEvent, RowId, RowRequest};
 use agora_model::{BatchGenerator, Device, Engine, Message, SamplingConfig};
 
 const TOPICS: [&str; 16] = [
-    "rain", "cats", "bread", "chess", "rivers", "music", "the sea", "trains", "gardens", "winter",
-    "coffee", "bees", "maps", "clocks", "bridges", "stars",
+    "rain", "cats", "bread", "chess", "rivers", "music", "the sea", "trains", "gardens", "winter", "coffee",
+    "bees", "maps", "clocks", "bridges", "stars",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,7 +59,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // All at once.
     let started = Instant::now();
     let mut generator = BatchGenerator::new(&engine.model, options.clone());
-    let ids: Vec<RowId> = prompts.iter().map(|prompt| generator.add(request(prompt))).collect::<Result<_, _>>()?;
+    let ids: Vec<RowId> =
+        prompts.iter().map(|prompt| generator.add(request(prompt))).collect::<Result<_, _>>()?;
     let mut together = HashMap::new();
     let mut steps = 0;
     while !generator.is_idle() {
@@ -89,12 +90,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let sequential_seconds = started.elapsed().as_secs_f64();
     let sequential_tokens: usize = alone.iter().map(|generation| generation.generated_tokens).sum();
-    let same = ids.iter().zip(&alone).filter(|(id, generation)| together[id].tokens == generation.tokens).count();
+    let same =
+        ids.iter().zip(&alone).filter(|(id, generation)| together[id].tokens == generation.tokens).count();
 
     let batched_rate = batched_tokens as f64 / batched_seconds;
     let sequential_rate = sequential_tokens as f64 / sequential_seconds;
-    println!("all at once:      {batched_tokens} tokens in {batched_seconds:.2} s ({steps} steps) = {batched_rate:.1} tok/s");
-    println!("one after another: {sequential_tokens} tokens in {sequential_seconds:.2} s = {sequential_rate:.1} tok/s");
+    println!(
+        "all at once:      {batched_tokens} tokens in {batched_seconds:.2} s ({steps} steps) = {batched_rate:.1} tok/s"
+    );
+    println!(
+        "one after another: {sequential_tokens} tokens in {sequential_seconds:.2} s = {sequential_rate:.1} tok/s"
+    );
     println!("ratio: {:.2}x; identical replies: {same}/{requests}", batched_rate / sequential_rate);
 
     // Where the time goes: one decode step at several batch sizes (after a prefill).

@@ -229,7 +229,8 @@ impl<'a> BatchGenerator<'a> {
     /// a decoder.
     pub fn add(&mut self, request: RowRequest) -> Result<RowId> {
         let RowRequest { prompt, config, logprobs, random_stream } = request;
-        check_prompt(self.model, &prompt).map_err(|problem| ModelError::Config(format!("generation: {problem}")))?;
+        check_prompt(self.model, &prompt)
+            .map_err(|problem| ModelError::Config(format!("generation: {problem}")))?;
         if !config.stop_strings.is_empty() && self.options.decoder.is_none() {
             return Err(ModelError::Config(
                 "generation: stop strings need a token decoder (GenerateOptions::decoder)".to_string(),
@@ -306,7 +307,10 @@ impl<'a> BatchGenerator<'a> {
             for row in self.running.iter_mut().chain(self.waiting.iter_mut()) {
                 if row.finish_reason.is_none() {
                     row.finish_reason = Some(FinishReason::Cancelled);
-                    events.push(RowEvent::Finished { row: row.id, generation: finish_row(row, &self.options)? });
+                    events.push(RowEvent::Finished {
+                        row: row.id,
+                        generation: finish_row(row, &self.options)?,
+                    });
                 }
             }
             self.waiting.clear();
@@ -315,13 +319,20 @@ impl<'a> BatchGenerator<'a> {
     }
 
     /// Feeds every running row its newest token and chooses the next one.
-    fn decode(&mut self, on_token: &mut dyn FnMut(RowId, u32) -> Control, events: &mut Vec<RowEvent>) -> Result<bool> {
+    fn decode(
+        &mut self,
+        on_token: &mut dyn FnMut(RowId, u32) -> Control,
+        events: &mut Vec<RowEvent>,
+    ) -> Result<bool> {
         let device = self.model.device().clone();
         let keys = self.cache.len + 1;
         let mut next_tokens = Vec::with_capacity(self.running.len());
         let mut paddings = Vec::with_capacity(self.running.len());
         for row in &self.running {
-            let token = *row.history.last().ok_or_else(|| ModelError::Config("generation: a running row has no token".to_string()))?;
+            let token = *row
+                .history
+                .last()
+                .ok_or_else(|| ModelError::Config("generation: a running row has no token".to_string()))?;
             next_tokens.push(token);
             paddings.push(self.cache.len - row.fed);
         }
@@ -336,12 +347,19 @@ impl<'a> BatchGenerator<'a> {
 
     /// Prefills the waiting rows (one left-padded batch), chooses their first tokens and
     /// merges their cache into the running one.
-    fn prefill(&mut self, on_token: &mut dyn FnMut(RowId, u32) -> Control, events: &mut Vec<RowEvent>) -> Result<bool> {
+    fn prefill(
+        &mut self,
+        on_token: &mut dyn FnMut(RowId, u32) -> Control,
+        events: &mut Vec<RowEvent>,
+    ) -> Result<bool> {
         let mut newcomers = Vec::with_capacity(self.waiting.len());
         for mut row in self.waiting.drain(..) {
             if row.config.max_new_tokens == 0 {
                 row.finish_reason = Some(FinishReason::Length);
-                events.push(RowEvent::Finished { row: row.id, generation: finish_row(&mut row, &self.options)? });
+                events.push(RowEvent::Finished {
+                    row: row.id,
+                    generation: finish_row(&mut row, &self.options)?,
+                });
             } else {
                 newcomers.push(row);
             }
@@ -367,7 +385,14 @@ impl<'a> BatchGenerator<'a> {
         take_attention(&mut cache, &mut newcomers, &paddings, true)?;
         newcomers.iter_mut().for_each(|row| row.fed = row.history.len());
         let logits = last_position_logits(&logits)?;
-        let stop_all = choose_tokens(&mut newcomers, &logits, self.model.max_context(), &self.options, on_token, events)?;
+        let stop_all = choose_tokens(
+            &mut newcomers,
+            &logits,
+            self.model.max_context(),
+            &self.options,
+            on_token,
+            events,
+        )?;
         merge_cache(&mut self.cache, self.running.is_empty(), cache)?;
         self.running.extend(newcomers);
         Ok(stop_all)
@@ -424,7 +449,12 @@ pub fn generate(
     let mut generator = BatchGenerator::new(model, options.clone());
     let mut index_of = HashMap::with_capacity(prompts.len());
     for (index, prompt) in prompts.iter().enumerate() {
-        let request = RowRequest { prompt: prompt.clone(), config: config.clone(), logprobs: None, random_stream: index };
+        let request = RowRequest {
+            prompt: prompt.clone(),
+            config: config.clone(),
+            logprobs: None,
+            random_stream: index,
+        };
         index_of.insert(generator.add(request)?, index);
     }
     let mut generations: Vec<Option<Generation>> = vec![None; prompts.len()];
@@ -565,7 +595,11 @@ pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
     }
     best.truncate(top);
     best.sort_by(more_likely);
-    TokenLogprobs { token, logprob: logprob(token), top: best.into_iter().map(|id| (id, logprob(id))).collect() }
+    TokenLogprobs {
+        token,
+        logprob: logprob(token),
+        top: best.into_iter().map(|id| (id, logprob(id))).collect(),
+    }
 }
 
 /// `[batch, keys]` u32 mask (1 = real token) for rows with `paddings[b]` padding columns
@@ -604,7 +638,9 @@ fn merge_cache(running: &mut Cache, running_is_empty: bool, newcomers: Cache) ->
     let (running_padding, newcomer_padding) = (columns - running.len, columns - newcomers.len);
     for (mine, theirs) in running.layers.iter_mut().zip(newcomers.layers) {
         let (Some((keys, values)), Some((new_keys, new_values))) = (mine.take(), theirs) else {
-            return Err(ModelError::Config("generation: a cache layer is empty after a forward call".to_string()));
+            return Err(ModelError::Config(
+                "generation: a cache layer is empty after a forward call".to_string(),
+            ));
         };
         let pad = |tensor: Tensor, padding: usize| tensor.pad_with_zeros(2, padding, 0);
         *mine = Some((

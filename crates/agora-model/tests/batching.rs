@@ -26,7 +26,13 @@ fn prompts() -> Vec<Vec<u32>> {
 fn configs() -> Vec<SamplingConfig> {
     vec![
         SamplingConfig::greedy(12),
-        SamplingConfig { temperature: 1.0, top_k: 40, seed: 7, max_new_tokens: 12, ..SamplingConfig::default() },
+        SamplingConfig {
+            temperature: 1.0,
+            top_k: 40,
+            seed: 7,
+            max_new_tokens: 12,
+            ..SamplingConfig::default()
+        },
     ]
 }
 
@@ -130,7 +136,10 @@ fn cancelling_a_row_leaves_the_others_unchanged() {
             finished.extend(run_to_end(&mut generator));
             assert!(!finished.contains_key(&ids[1]));
             for index in [0, 2] {
-                assert_eq!(finished[&ids[index]].tokens, expected[index].tokens, "{name}, {config:?}, row {index}");
+                assert_eq!(
+                    finished[&ids[index]].tokens, expected[index].tokens,
+                    "{name}, {config:?}, row {index}"
+                );
             }
         }
     }
@@ -202,7 +211,12 @@ fn logprobs_match_scoring_of_the_same_continuation() {
                 let generation = &finished[id];
                 let reported = generation.logprobs.as_ref().unwrap();
                 assert_eq!(reported.len(), generation.tokens.len());
-                let scored = token_logprobs(&model, &[prompts[index].clone()], &[generation.tokens.clone()]).unwrap();
+                let scored = token_logprobs(
+                    &model,
+                    &[prompts[index].clone()],
+                    std::slice::from_ref(&generation.tokens),
+                )
+                .unwrap();
                 for (position, (reported, scored)) in reported.iter().zip(&scored[0]).enumerate() {
                     assert!(
                         (reported.logprob - scored).abs() < 1e-4,
@@ -232,7 +246,8 @@ fn rows_that_do_not_ask_get_no_logprobs() {
     let model = load("llama");
     let mut generator = BatchGenerator::new(&model, GenerateOptions::default());
     let plain = generator.add(RowRequest::new(vec![4, 5], SamplingConfig::greedy(2))).unwrap();
-    let asking = generator.add(RowRequest::new(vec![4, 5], SamplingConfig::greedy(2)).with_logprobs(0)).unwrap();
+    let asking =
+        generator.add(RowRequest::new(vec![4, 5], SamplingConfig::greedy(2)).with_logprobs(0)).unwrap();
     let events = generator.step().unwrap();
     for event in &events {
         if let RowEvent::Token { row, logprobs, .. } = event {
