@@ -18,6 +18,7 @@
 mod backend;
 mod error;
 mod fake;
+mod native;
 mod openai;
 mod request;
 mod spec;
@@ -25,6 +26,7 @@ mod spec;
 pub use backend::{Backend, BackendInfo, BoxFuture, StreamSink};
 pub use error::{LlmError, Result};
 pub use fake::{FakeBackend, FakeMode};
+pub use native::{MAX_TOP_LOGPROBS, NativeBackend, NativeOptions, NativeStats, sampling_config};
 pub use openai::{ApiKey, OpenAiBackend, OpenAiConfig};
 pub use request::{Chunk, FinishReason, Prompt, Reply, Request, Sampling, TokenLogprob, TopLogprob, Usage};
 pub use spec::BackendSpec;

@@ -1,15 +1,25 @@
-//! The generation loop: prefill a batch of prompts, then decode token by token with the
-//! key/value cache, each row stopping on its own (end of sequence, stop tokens, stop
-//! strings, token cap, the caller), every token streamed to a callback.
+//! The generation loop: a stepper ([`BatchGenerator`]) that rows can join while others
+//! are decoding (continuous batching), and [`generate`] for a fixed batch of prompts on
+//! top of it. Each row has its own sampling configuration and stops on its own (end of
+//! sequence, stop tokens, stop strings, token cap, the caller); every token is reported
+//! as soon as it is chosen, with its log-probabilities when the row asked for them.
 //!
-//! Batching: prompts of different lengths are LEFT-padded to the longest (pad id 0,
-//! never seen by the model because the padding mask hides it) and the mask is passed on
-//! every call. Positions are the model's business: the architectures of this crate
-//! number a token by the real tokens before it (`cumsum(mask) - 1`, as transformers'
-//! `generate` does), so a padded row sees the same positions as the prompt alone and a
-//! batch yields the same tokens as each prompt run by itself (up to floating-point
-//! rounding of the batched matrix products). Rows that finish are dropped from the batch
-//! (their cache rows are removed), so a long straggler does not pay for finished rows.
+//! The running batch shares one key/value cache whose rows are RIGHT-aligned: the newest
+//! token of every row sits in the last column, and a row with fewer tokens than the
+//! cache holds is left-padded (pad id 0, never seen by the model because the padding
+//! mask hides it). A step is one decode forward for the running rows and, when rows were
+//! added since the last step, one prefill forward for the newcomers (left-padded to the
+//! longest among them); the newcomers' cache is then merged into the running one by
+//! left-padding the shorter side along the sequence axis. Positions are the model's
+//! business: the architectures of this crate number a token by the real tokens before it
+//! (`cumsum(mask) - 1`, as transformers' `generate` does), so padding shifts nothing, and
+//! a row yields the same tokens whether it runs alone, in a fixed batch, or joins one in
+//! mid-flight (up to floating-point rounding of the batched matrix products). Rows that
+//! finish or are cancelled leave the cache before the next forward, and columns that
+//! have become padding in every row are cut, so a long straggler pays neither for
+//! finished rows nor for their length.
+
+use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
@@ -50,8 +60,20 @@ pub enum FinishReason {
     Length,
     /// An end-of-sequence token of the model.
     Eos,
-    /// The callback asked to stop.
+    /// The callback asked to stop, or the row was cancelled.
     Cancelled,
+}
+
+/// A generated token's log-probability under the model's raw distribution (log-softmax
+/// of the logits, before temperature, top-k/top-p/min-p and penalties), and the most
+/// likely tokens at that position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// `(token, logprob)` of the most likely tokens, most likely first (ties in token
+    /// order); as many as the row asked for.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// One prompt's continuation.
@@ -71,10 +93,13 @@ pub struct Generation {
     /// the attention probabilities `[heads, queries, keys]`, padding rows and columns
     /// removed, so keys are exactly this row's prompt and generated tokens.
     pub attention: Option<Vec<Vec<Tensor>>>,
+    /// When the row asked for log-probs ([`RowRequest::logprobs`]): one entry per token
+    /// of `tokens`.
+    pub logprobs: Option<Vec<TokenLogprobs>>,
 }
 
 /// What generation needs beyond the sampling configuration.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct GenerateOptions<'a> {
     /// The model's end-of-sequence tokens (from the tokenizer or the model file).
     pub eos_token_ids: Vec<u32>,
@@ -95,21 +120,67 @@ impl std::fmt::Debug for GenerateOptions<'_> {
     }
 }
 
+/// Names a row of a [`BatchGenerator`] from [`BatchGenerator::add`] to its
+/// [`RowEvent::Finished`]. Ids are handed out in order, starting at 0, and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowId(pub u64);
+
+/// A prompt to continue, with its own way of choosing tokens.
+#[derive(Debug, Clone)]
+pub struct RowRequest {
+    pub prompt: Vec<u32>,
+    pub config: SamplingConfig,
+    /// `Some(n)`: report each generated token's log-prob and the `n` most likely tokens
+    /// (computed only for rows that ask).
+    pub logprobs: Option<usize>,
+    /// Which random stream of `config.seed` the row draws from. 0 is the stream a prompt
+    /// gets alone (what a request served on its own should use); [`generate`] gives batch
+    /// row `r` stream `r`, as it always has.
+    pub random_stream: usize,
+}
+
+impl RowRequest {
+    /// A row on random stream 0, without log-probs.
+    pub fn new(prompt: Vec<u32>, config: SamplingConfig) -> RowRequest {
+        RowRequest { prompt, config, logprobs: None, random_stream: 0 }
+    }
+
+    pub fn with_logprobs(mut self, top: usize) -> RowRequest {
+        self.logprobs = Some(top);
+        self
+    }
+}
+
+/// What a step reports, in order: for each row that got a token, its `Token`, followed
+/// by `Finished` when that token ended it.
+#[derive(Debug, Clone)]
+pub enum RowEvent {
+    Token { row: RowId, token: u32, logprobs: Option<TokenLogprobs> },
+    Finished { row: RowId, generation: Generation },
+}
+
 /// Pad id written into the left padding; the mask hides it, so any valid id would do.
 const PAD_TOKEN_ID: u32 = 0;
 
-/// The state of one batch row while generating.
+/// The state of one row while generating.
 struct Row {
+    id: RowId,
+    config: SamplingConfig,
+    logprobs: Option<usize>,
     prompt_tokens: usize,
-    /// Left padding in front of the prompt (columns of the cache that are not this row's).
-    padding: usize,
     /// Prompt followed by the generated tokens: what the penalties look at.
     history: Vec<u32>,
+    /// How many tokens of `history` are in the cache (the rest, at most one, waits to be
+    /// fed by the next decode).
+    fed: usize,
     sampler: Sampler,
+    /// Set once the row has ended; its `Finished` event has then been sent, and the row
+    /// leaves the batch before the next forward.
     finish_reason: Option<FinishReason>,
     /// Where the first stop string starts in the decoded text.
     stop_at: Option<usize>,
     attention: Option<Vec<Vec<Tensor>>>,
+    token_logprobs: Option<Vec<TokenLogprobs>>,
 }
 
 impl Row {
@@ -118,9 +189,251 @@ impl Row {
     }
 }
 
+/// Continuous batching: rows are added at any time and advance one token per
+/// [`step`](BatchGenerator::step) (see the module documentation).
+pub struct BatchGenerator<'a> {
+    model: &'a dyn LanguageModel,
+    options: GenerateOptions<'a>,
+    next_id: u64,
+    /// Added since the last step: prefilled by the next one.
+    waiting: Vec<Row>,
+    /// Rows of the cache, in cache order (`running[b]` is batch row `b`).
+    running: Vec<Row>,
+    cache: Cache,
+}
+
+impl std::fmt::Debug for BatchGenerator<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BatchGenerator")
+            .field("options", &self.options)
+            .field("waiting", &self.waiting.len())
+            .field("running", &self.running.len())
+            .field("cache_len", &self.cache.len)
+            .finish()
+    }
+}
+
+impl<'a> BatchGenerator<'a> {
+    pub fn new(model: &'a dyn LanguageModel, options: GenerateOptions<'a>) -> BatchGenerator<'a> {
+        let mut cache = model.new_cache();
+        if options.capture_attention {
+            cache = cache.capture_attention();
+        }
+        BatchGenerator { model, options, next_id: 0, waiting: Vec::new(), running: Vec::new(), cache }
+    }
+
+    /// Queues a row; the next step prefills it. Fails, adding nothing, on an empty
+    /// prompt, one longer than the model's context or holding a token outside the
+    /// vocabulary, a sampling configuration that has no meaning, or stop strings without
+    /// a decoder.
+    pub fn add(&mut self, request: RowRequest) -> Result<RowId> {
+        let RowRequest { prompt, config, logprobs, random_stream } = request;
+        check_prompt(self.model, &prompt)
+            .map_err(|problem| ModelError::Config(format!("generation: {problem}")))?;
+        if !config.stop_strings.is_empty() && self.options.decoder.is_none() {
+            return Err(ModelError::Config(
+                "generation: stop strings need a token decoder (GenerateOptions::decoder)".to_string(),
+            ));
+        }
+        let sampler = Sampler::new(&config, random_stream)?;
+        let id = RowId(self.next_id);
+        self.next_id += 1;
+        self.waiting.push(Row {
+            id,
+            logprobs,
+            prompt_tokens: prompt.len(),
+            history: prompt,
+            fed: 0,
+            sampler,
+            finish_reason: None,
+            stop_at: None,
+            attention: self.options.capture_attention.then(Vec::new),
+            token_logprobs: logprobs.map(|_| Vec::new()),
+            config,
+        });
+        Ok(id)
+    }
+
+    /// Rows that have not finished (waiting or running).
+    pub fn active_rows(&self) -> usize {
+        self.waiting.len() + self.running.iter().filter(|row| row.finish_reason.is_none()).count()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.active_rows() == 0
+    }
+
+    /// Finishes `row` now with [`FinishReason::Cancelled`] and returns what it had
+    /// generated; `Ok(None)` when the row has already finished (or never existed). Its
+    /// cache row is dropped before the next forward. Fails only when decoding the text
+    /// fails (the row is finished all the same).
+    pub fn cancel(&mut self, row: RowId) -> Result<Option<Generation>> {
+        if let Some(index) = self.waiting.iter().position(|waiting| waiting.id == row) {
+            let mut waiting = self.waiting.remove(index);
+            waiting.finish_reason = Some(FinishReason::Cancelled);
+            return finish_row(&mut waiting, &self.options).map(Some);
+        }
+        let Some(running) =
+            self.running.iter_mut().find(|running| running.id == row && running.finish_reason.is_none())
+        else {
+            return Ok(None);
+        };
+        running.finish_reason = Some(FinishReason::Cancelled);
+        finish_row(running, &self.options).map(Some)
+    }
+
+    /// One token for every active row: see [`BatchGenerator::step_with`].
+    pub fn step(&mut self) -> Result<Vec<RowEvent>> {
+        self.step_with(&mut |_, _| Control::Continue)
+    }
+
+    /// One forward for the running rows and one prefill for the rows added since the
+    /// last step (no forward at all when there is nothing to do). `on_token` sees each
+    /// token as it is chosen, also those that end a row, and may stop that row or every
+    /// row ([`Control::StopAll`]: the rows after the one that asked get no token this
+    /// step). On an error the generator's state is undefined: drop it.
+    pub fn step_with(&mut self, on_token: &mut dyn FnMut(RowId, u32) -> Control) -> Result<Vec<RowEvent>> {
+        self.drop_finished_rows()?;
+        let mut events = Vec::new();
+        let mut stop_all = false;
+        if !self.running.is_empty() {
+            stop_all = self.decode(on_token, &mut events)?;
+        }
+        if !stop_all && !self.waiting.is_empty() {
+            stop_all = self.prefill(on_token, &mut events)?;
+        }
+        if stop_all {
+            for row in self.running.iter_mut().chain(self.waiting.iter_mut()) {
+                if row.finish_reason.is_none() {
+                    row.finish_reason = Some(FinishReason::Cancelled);
+                    events.push(RowEvent::Finished {
+                        row: row.id,
+                        generation: finish_row(row, &self.options)?,
+                    });
+                }
+            }
+            self.waiting.clear();
+        }
+        Ok(events)
+    }
+
+    /// Feeds every running row its newest token and chooses the next one.
+    fn decode(
+        &mut self,
+        on_token: &mut dyn FnMut(RowId, u32) -> Control,
+        events: &mut Vec<RowEvent>,
+    ) -> Result<bool> {
+        let device = self.model.device().clone();
+        let keys = self.cache.len + 1;
+        let mut next_tokens = Vec::with_capacity(self.running.len());
+        let mut paddings = Vec::with_capacity(self.running.len());
+        for row in &self.running {
+            let token = *row
+                .history
+                .last()
+                .ok_or_else(|| ModelError::Config("generation: a running row has no token".to_string()))?;
+            next_tokens.push(token);
+            paddings.push(self.cache.len - row.fed);
+        }
+        let tokens = Tensor::from_vec(next_tokens, (self.running.len(), 1), &device)?;
+        let mask = padding_mask(&paddings, keys, &device)?;
+        let logits = self.model.forward(&tokens, mask.as_ref(), &mut self.cache)?;
+        take_attention(&mut self.cache, &mut self.running, &paddings, false)?;
+        self.running.iter_mut().for_each(|row| row.fed += 1);
+        let logits = last_position_logits(&logits)?;
+        choose_tokens(&mut self.running, &logits, self.model.max_context(), &self.options, on_token, events)
+    }
+
+    /// Prefills the waiting rows (one left-padded batch), chooses their first tokens and
+    /// merges their cache into the running one.
+    fn prefill(
+        &mut self,
+        on_token: &mut dyn FnMut(RowId, u32) -> Control,
+        events: &mut Vec<RowEvent>,
+    ) -> Result<bool> {
+        let mut newcomers = Vec::with_capacity(self.waiting.len());
+        for mut row in self.waiting.drain(..) {
+            if row.config.max_new_tokens == 0 {
+                row.finish_reason = Some(FinishReason::Length);
+                events.push(RowEvent::Finished {
+                    row: row.id,
+                    generation: finish_row(&mut row, &self.options)?,
+                });
+            } else {
+                newcomers.push(row);
+            }
+        }
+        if newcomers.is_empty() {
+            return Ok(false);
+        }
+        let device = self.model.device().clone();
+        let longest = newcomers.iter().map(|row| row.history.len()).max().unwrap_or(0);
+        let paddings: Vec<usize> = newcomers.iter().map(|row| longest - row.history.len()).collect();
+        let mut batch_tokens = Vec::with_capacity(newcomers.len() * longest);
+        for (row, &padding) in newcomers.iter().zip(&paddings) {
+            batch_tokens.extend(std::iter::repeat_n(PAD_TOKEN_ID, padding));
+            batch_tokens.extend_from_slice(&row.history);
+        }
+        let tokens = Tensor::from_vec(batch_tokens, (newcomers.len(), longest), &device)?;
+        let mask = padding_mask(&paddings, longest, &device)?;
+        let mut cache = self.model.new_cache();
+        if self.options.capture_attention {
+            cache = cache.capture_attention();
+        }
+        let logits = self.model.forward(&tokens, mask.as_ref(), &mut cache)?;
+        take_attention(&mut cache, &mut newcomers, &paddings, true)?;
+        newcomers.iter_mut().for_each(|row| row.fed = row.history.len());
+        let logits = last_position_logits(&logits)?;
+        let stop_all = choose_tokens(
+            &mut newcomers,
+            &logits,
+            self.model.max_context(),
+            &self.options,
+            on_token,
+            events,
+        )?;
+        merge_cache(&mut self.cache, self.running.is_empty(), cache)?;
+        self.running.extend(newcomers);
+        Ok(stop_all)
+    }
+
+    /// Removes finished and cancelled rows from the batch and the cache, then the
+    /// leading columns that are padding in every remaining row.
+    fn drop_finished_rows(&mut self) -> Result<()> {
+        if self.running.iter().all(|row| row.finish_reason.is_none()) {
+            return Ok(());
+        }
+        let keep: Vec<u32> = (0..self.running.len())
+            .filter(|&index| self.running[index].finish_reason.is_none())
+            .map(|index| index as u32)
+            .collect();
+        self.running.retain(|row| row.finish_reason.is_none());
+        if self.running.is_empty() {
+            self.cache.clear();
+            return Ok(());
+        }
+        let keep_count = keep.len();
+        let keep = Tensor::from_vec(keep, keep_count, self.model.device())?;
+        let longest = self.running.iter().map(|row| row.fed).max().unwrap_or(0);
+        let unused_columns = self.cache.len.saturating_sub(longest);
+        for (keys, values) in self.cache.layers.iter_mut().flatten() {
+            *keys = keys.index_select(&keep, 0)?;
+            *values = values.index_select(&keep, 0)?;
+            if unused_columns > 0 {
+                *keys = keys.narrow(2, unused_columns, longest)?;
+                *values = values.narrow(2, unused_columns, longest)?;
+            }
+        }
+        self.cache.len = longest;
+        Ok(())
+    }
+}
+
 /// Generates a continuation of every prompt (see the module documentation for batching
-/// and positions). `on_token(row, token)` sees each token as soon as it is chosen, also
-/// those that end a row; a stop string is trimmed from [`Generation::text`] only.
+/// and positions). Row `r` samples from random stream `r` of `config.seed`.
+/// `on_token(row, token)` sees each token as soon as it is chosen, also those that end a
+/// row; a stop string is trimmed from [`Generation::text`] only.
 pub fn generate(
     model: &dyn LanguageModel,
     prompts: &[Vec<u32>],
@@ -129,101 +442,42 @@ pub fn generate(
     on_token: &mut dyn FnMut(usize, u32) -> Control,
 ) -> Result<Vec<Generation>> {
     config.validate()?;
-    check_prompts(model, prompts)?;
-    if !config.stop_strings.is_empty() && options.decoder.is_none() {
-        return Err(ModelError::Config(
-            "generation: stop strings need a token decoder (GenerateOptions::decoder)".to_string(),
-        ));
-    }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut rows = Vec::with_capacity(prompts.len());
     for (index, prompt) in prompts.iter().enumerate() {
-        rows.push(Row {
-            prompt_tokens: prompt.len(),
-            padding: longest - prompt.len(),
-            history: prompt.clone(),
-            sampler: Sampler::new(config, index)?,
-            finish_reason: None,
-            stop_at: None,
-            attention: options.capture_attention.then(Vec::new),
-        });
+        check_prompt(model, prompt)
+            .map_err(|problem| ModelError::Config(format!("generation: prompt {index}: {problem}")))?;
     }
-    if config.max_new_tokens == 0 {
-        rows.iter_mut().for_each(|row| row.finish_reason = Some(FinishReason::Length));
+    let mut generator = BatchGenerator::new(model, options.clone());
+    let mut index_of = HashMap::with_capacity(prompts.len());
+    for (index, prompt) in prompts.iter().enumerate() {
+        let request = RowRequest {
+            prompt: prompt.clone(),
+            config: config.clone(),
+            logprobs: None,
+            random_stream: index,
+        };
+        index_of.insert(generator.add(request)?, index);
     }
-
-    let device = model.device().clone();
-    let mut cache = model.new_cache();
-    if options.capture_attention {
-        cache = cache.capture_attention();
-    }
-    // Batch rows of the current forward call, as indices into `rows`.
-    let mut active: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].finish_reason.is_none()).collect();
-    if active.is_empty() {
-        return finish(rows, options, config);
-    }
-
-    // Prefill: every prompt at once, left-padded.
-    let mut batch_tokens = Vec::with_capacity(active.len() * longest);
-    for &index in &active {
-        batch_tokens.extend(std::iter::repeat_n(PAD_TOKEN_ID, rows[index].padding));
-        batch_tokens.extend_from_slice(&rows[index].history);
-    }
-    let tokens = Tensor::from_vec(batch_tokens, (active.len(), longest), &device)?;
-    let mask = padding_mask(&rows, &active, longest, &device)?;
-    let logits = model.forward(&tokens, mask.as_ref(), &mut cache)?;
-    take_attention(&mut cache, &mut rows, &active, true)?;
-    let mut last_logits = last_position_logits(&logits)?;
-
-    loop {
-        let mut next_tokens = Vec::with_capacity(active.len());
-        let mut stop_all = false;
-        for (batch_index, &index) in active.iter().enumerate() {
-            let row = &mut rows[index];
-            let token = row.sampler.sample(&last_logits[batch_index], &row.history)?;
-            row.history.push(token);
-            next_tokens.push(token);
-            row.finish_reason = match on_token(index, token) {
-                Control::Continue => finish_reason(row, token, config, options, model.max_context())?,
-                Control::Stop => Some(FinishReason::Cancelled),
-                Control::StopAll => {
-                    stop_all = true;
-                    break;
-                }
-            };
-        }
-        if stop_all {
-            // The rows after the one that asked get no token this step.
-            for &index in &active {
-                rows[index].finish_reason.get_or_insert(FinishReason::Cancelled);
+    let mut generations: Vec<Option<Generation>> = vec![None; prompts.len()];
+    while !generator.is_idle() {
+        let events = generator.step_with(&mut |row, token| match index_of.get(&row) {
+            Some(&index) => on_token(index, token),
+            None => Control::Continue,
+        })?;
+        for event in events {
+            if let RowEvent::Finished { row, generation } = event
+                && let Some(&index) = index_of.get(&row)
+            {
+                generations[index] = Some(generation);
             }
-            break;
         }
-
-        // Drop finished rows from the batch and from the cache.
-        let still_active: Vec<usize> =
-            (0..active.len()).filter(|&b| rows[active[b]].finish_reason.is_none()).collect();
-        if still_active.is_empty() {
-            break;
-        }
-        if still_active.len() < active.len() {
-            let keep = Tensor::from_vec(
-                still_active.iter().map(|&b| b as u32).collect::<Vec<u32>>(),
-                still_active.len(),
-                &device,
-            )?;
-            keep_cache_rows(&mut cache, &keep)?;
-            next_tokens = still_active.iter().map(|&b| next_tokens[b]).collect();
-            active = still_active.iter().map(|&b| active[b]).collect();
-        }
-
-        let tokens = Tensor::from_vec(next_tokens, (active.len(), 1), &device)?;
-        let mask = padding_mask(&rows, &active, cache.len + 1, &device)?;
-        let logits = model.forward(&tokens, mask.as_ref(), &mut cache)?;
-        take_attention(&mut cache, &mut rows, &active, false)?;
-        last_logits = last_position_logits(&logits)?;
     }
-    finish(rows, options, config)
+    generations
+        .into_iter()
+        .enumerate()
+        .map(|(index, generation)| {
+            generation.ok_or_else(|| ModelError::Config(format!("generation: prompt {index} never finished")))
+        })
+        .collect()
 }
 
 /// [`generate`] for one prompt, without streaming.
@@ -238,70 +492,129 @@ pub fn generate_one(
     generations.pop().ok_or_else(|| ModelError::Config("generation returned no row".to_string()))
 }
 
-fn check_prompts(model: &dyn LanguageModel, prompts: &[Vec<u32>]) -> Result<()> {
+/// What is wrong with a prompt, if anything.
+fn check_prompt(model: &dyn LanguageModel, prompt: &[u32]) -> std::result::Result<(), String> {
     let vocab_size = model.vocab_size();
-    for (index, prompt) in prompts.iter().enumerate() {
-        if prompt.is_empty() {
-            return Err(ModelError::Config(format!(
-                "generation: prompt {index} is empty (a model needs at least one token to continue)"
-            )));
-        }
-        if prompt.len() > model.max_context() {
-            return Err(ModelError::Config(format!(
-                "generation: prompt {index} has {} tokens, more than the model's context of {}",
-                prompt.len(),
-                model.max_context()
-            )));
-        }
-        if let Some(token) = prompt.iter().find(|&&token| token as usize >= vocab_size) {
-            return Err(ModelError::Config(format!(
-                "generation: prompt {index} holds token id {token}, outside the vocabulary of {vocab_size}"
-            )));
-        }
+    if prompt.is_empty() {
+        return Err("the prompt is empty (a model needs at least one token to continue)".to_string());
+    }
+    if prompt.len() > model.max_context() {
+        return Err(format!(
+            "the prompt has {} tokens, more than the model's context of {}",
+            prompt.len(),
+            model.max_context()
+        ));
+    }
+    if let Some(token) = prompt.iter().find(|&&token| token as usize >= vocab_size) {
+        return Err(format!("the prompt holds token id {token}, outside the vocabulary of {vocab_size}"));
     }
     Ok(())
+}
+
+/// Samples the next token of every row of a forward call (`logits[b]` is row `b`'s),
+/// reports it and decides whether the row ends. Returns true when the callback asked to
+/// stop every row (the rows after the one that asked get no token).
+fn choose_tokens(
+    rows: &mut [Row],
+    logits: &[Vec<f32>],
+    max_context: usize,
+    options: &GenerateOptions<'_>,
+    on_token: &mut dyn FnMut(RowId, u32) -> Control,
+    events: &mut Vec<RowEvent>,
+) -> Result<bool> {
+    for (row, row_logits) in rows.iter_mut().zip(logits) {
+        if row.finish_reason.is_some() {
+            continue;
+        }
+        let token = row.sampler.sample(row_logits, &row.history)?;
+        let logprobs = row.logprobs.map(|top| token_logprobs(row_logits, token, top));
+        row.history.push(token);
+        if let (Some(all), Some(logprobs)) = (row.token_logprobs.as_mut(), logprobs.as_ref()) {
+            all.push(logprobs.clone());
+        }
+        events.push(RowEvent::Token { row: row.id, token, logprobs });
+        row.finish_reason = match on_token(row.id, token) {
+            Control::Continue => finish_reason(row, token, options, max_context)?,
+            Control::Stop => Some(FinishReason::Cancelled),
+            Control::StopAll => return Ok(true),
+        };
+        if row.finish_reason.is_some() {
+            events.push(RowEvent::Finished { row: row.id, generation: finish_row(row, options)? });
+        }
+    }
+    Ok(false)
 }
 
 /// Why `row` must stop after `token`, if it must.
 fn finish_reason(
     row: &mut Row,
     token: u32,
-    config: &SamplingConfig,
     options: &GenerateOptions<'_>,
     max_context: usize,
 ) -> Result<Option<FinishReason>> {
     if options.eos_token_ids.contains(&token) {
         return Ok(Some(FinishReason::Eos));
     }
-    if config.stop_token_ids.contains(&token) {
+    if row.config.stop_token_ids.contains(&token) {
         return Ok(Some(FinishReason::Stop));
     }
-    if let (false, Some(decoder)) = (config.stop_strings.is_empty(), options.decoder) {
+    if let (false, Some(decoder)) = (row.config.stop_strings.is_empty(), options.decoder) {
         let text = decoder.decode(row.generated())?;
-        row.stop_at = config.stop_strings.iter().filter_map(|stop| text.find(stop.as_str())).min();
+        row.stop_at = row.config.stop_strings.iter().filter_map(|stop| text.find(stop.as_str())).min();
         if row.stop_at.is_some() {
             return Ok(Some(FinishReason::Stop));
         }
     }
-    if row.generated().len() >= config.max_new_tokens || row.history.len() >= max_context {
+    if row.generated().len() >= row.config.max_new_tokens || row.history.len() >= max_context {
         return Ok(Some(FinishReason::Length));
     }
     Ok(None)
 }
 
-/// `[batch, keys]` u32 mask of the active rows (1 = real token), or `None` when no active
-/// row is padded.
-fn padding_mask(rows: &[Row], active: &[usize], keys: usize, device: &Device) -> Result<Option<Tensor>> {
-    if active.iter().all(|&index| rows[index].padding == 0) {
+/// The log-probability of `token` under the log-softmax of `logits` (NaN counts as
+/// -inf), and the `top` most likely tokens.
+pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
+    let clean = |logit: f32| if logit.is_nan() { f32::NEG_INFINITY } else { logit };
+    let max = logits.iter().map(|&logit| clean(logit)).fold(f32::NEG_INFINITY, f32::max);
+    let log_normaliser = if max.is_finite() {
+        let total: f64 = logits.iter().map(|&logit| f64::from(clean(logit) - max).exp()).sum();
+        f64::from(max) + total.ln()
+    } else {
+        f64::from(max)
+    };
+    let logprob = |id: u32| -> f32 {
+        let logit = logits.get(id as usize).map_or(f32::NEG_INFINITY, |&logit| clean(logit));
+        (f64::from(logit) - log_normaliser) as f32
+    };
+    let top = top.min(logits.len());
+    let mut best: Vec<u32> = (0..logits.len() as u32).collect();
+    let more_likely =
+        |a: &u32, b: &u32| clean(logits[*b as usize]).total_cmp(&clean(logits[*a as usize])).then(a.cmp(b));
+    if top > 0 && top < best.len() {
+        best.select_nth_unstable_by(top - 1, more_likely);
+    }
+    best.truncate(top);
+    best.sort_by(more_likely);
+    TokenLogprobs {
+        token,
+        logprob: logprob(token),
+        top: best.into_iter().map(|id| (id, logprob(id))).collect(),
+    }
+}
+
+/// `[batch, keys]` u32 mask (1 = real token) for rows with `paddings[b]` padding columns
+/// in front, or `None` when no row is padded.
+fn padding_mask(paddings: &[usize], keys: usize, device: &Device) -> Result<Option<Tensor>> {
+    if paddings.iter().all(|&padding| padding == 0) {
         return Ok(None);
     }
-    let mut mask = Vec::with_capacity(active.len() * keys);
-    for &index in active {
-        let padding = rows[index].padding.min(keys);
+    let mut mask = Vec::with_capacity(paddings.len() * keys);
+    for &padding in paddings {
+        let padding = padding.min(keys);
         mask.extend(std::iter::repeat_n(0u32, padding));
         mask.extend(std::iter::repeat_n(1u32, keys - padding));
     }
-    Ok(Some(Tensor::from_vec(mask, (active.len(), keys), device)?))
+    Ok(Some(Tensor::from_vec(mask, (paddings.len(), keys), device)?))
 }
 
 /// The logits of the last position of each row, `[batch][vocab]`.
@@ -313,31 +626,48 @@ fn last_position_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(logits.i((.., seq - 1, ..))?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
 }
 
-/// Keeps rows `keep` (u32 indices into the batch) of every cached key and value.
-fn keep_cache_rows(cache: &mut Cache, keep: &Tensor) -> Result<()> {
-    for (keys, values) in cache.layers.iter_mut().flatten() {
-        *keys = keys.index_select(keep, 0)?;
-        *values = values.index_select(keep, 0)?;
+/// Appends the rows of `newcomers` (a cache of their own) to `running`, left-padding
+/// whichever side holds fewer columns so that every row stays right-aligned.
+fn merge_cache(running: &mut Cache, running_is_empty: bool, newcomers: Cache) -> Result<()> {
+    if running_is_empty {
+        let attention = running.attention.take().map(|_| Vec::new());
+        *running = Cache { attention, ..newcomers };
+        return Ok(());
     }
+    let columns = running.len.max(newcomers.len);
+    let (running_padding, newcomer_padding) = (columns - running.len, columns - newcomers.len);
+    for (mine, theirs) in running.layers.iter_mut().zip(newcomers.layers) {
+        let (Some((keys, values)), Some((new_keys, new_values))) = (mine.take(), theirs) else {
+            return Err(ModelError::Config(
+                "generation: a cache layer is empty after a forward call".to_string(),
+            ));
+        };
+        let pad = |tensor: Tensor, padding: usize| tensor.pad_with_zeros(2, padding, 0);
+        *mine = Some((
+            Tensor::cat(&[pad(keys, running_padding)?, pad(new_keys, newcomer_padding)?], 0)?,
+            Tensor::cat(&[pad(values, running_padding)?, pad(new_values, newcomer_padding)?], 0)?,
+        ));
+    }
+    running.len = columns;
     Ok(())
 }
 
-/// Moves what the cache captured during the last forward call to the rows, without the
-/// padding (`prefill`: the padded query rows go too).
-fn take_attention(cache: &mut Cache, rows: &mut [Row], active: &[usize], prefill: bool) -> Result<()> {
+/// Moves what the cache captured during the last forward call to the rows (`rows[b]` is
+/// batch row `b`, with `paddings[b]` padding columns in front), without the padding
+/// (`prefill`: the padded query rows go too).
+fn take_attention(cache: &mut Cache, rows: &mut [Row], paddings: &[usize], prefill: bool) -> Result<()> {
     let Some(captured) = cache.attention.as_mut() else { return Ok(()) };
     for call in captured.drain(..) {
-        for (batch_index, &index) in active.iter().enumerate() {
-            let row = &mut rows[index];
+        for (batch_index, (row, &padding)) in rows.iter_mut().zip(paddings).enumerate() {
             let Some(attention) = row.attention.as_mut() else { continue };
             let mut layers = Vec::with_capacity(call.len());
             for layer in &call {
                 let (_batch, _heads, queries, keys) = layer.dims4()?;
                 let mut probabilities = layer.i(batch_index)?;
-                if row.padding > 0 {
-                    probabilities = probabilities.narrow(2, row.padding, keys - row.padding)?;
+                if padding > 0 {
+                    probabilities = probabilities.narrow(2, padding, keys - padding)?;
                     if prefill {
-                        probabilities = probabilities.narrow(1, row.padding, queries - row.padding)?;
+                        probabilities = probabilities.narrow(1, padding, queries - padding)?;
                     }
                 }
                 layers.push(probabilities);
@@ -348,33 +678,32 @@ fn take_attention(cache: &mut Cache, rows: &mut [Row], active: &[usize], prefill
     Ok(())
 }
 
-fn finish(rows: Vec<Row>, options: &GenerateOptions<'_>, config: &SamplingConfig) -> Result<Vec<Generation>> {
-    rows.into_iter()
-        .map(|row| {
-            let finish_reason = row.finish_reason.unwrap_or(FinishReason::Length);
-            let tokens = row.generated().to_vec();
-            let text = match options.decoder {
-                None => None,
-                Some(decoder) => {
-                    let ends_with_stop_token = tokens.last().is_some_and(|token| {
-                        options.eos_token_ids.contains(token) || config.stop_token_ids.contains(token)
-                    });
-                    let shown = if ends_with_stop_token { &tokens[..tokens.len() - 1] } else { &tokens[..] };
-                    let mut text = decoder.decode(shown)?;
-                    if let Some(stop_at) = row.stop_at {
-                        text.truncate(stop_at);
-                    }
-                    Some(text)
-                }
-            };
-            Ok(Generation {
-                generated_tokens: tokens.len(),
-                tokens,
-                text,
-                finish_reason,
-                prompt_tokens: row.prompt_tokens,
-                attention: row.attention,
-            })
-        })
-        .collect()
+/// The row's [`Generation`] (its attention and log-probs are moved out; the row is
+/// finished and about to leave the batch).
+fn finish_row(row: &mut Row, options: &GenerateOptions<'_>) -> Result<Generation> {
+    let finish_reason = row.finish_reason.unwrap_or(FinishReason::Length);
+    let tokens = row.generated().to_vec();
+    let text = match options.decoder {
+        None => None,
+        Some(decoder) => {
+            let ends_with_stop_token = tokens.last().is_some_and(|token| {
+                options.eos_token_ids.contains(token) || row.config.stop_token_ids.contains(token)
+            });
+            let shown = if ends_with_stop_token { &tokens[..tokens.len() - 1] } else { &tokens[..] };
+            let mut text = decoder.decode(shown)?;
+            if let Some(stop_at) = row.stop_at.filter(|&stop_at| text.is_char_boundary(stop_at)) {
+                text.truncate(stop_at);
+            }
+            Some(text)
+        }
+    };
+    Ok(Generation {
+        generated_tokens: tokens.len(),
+        tokens,
+        text,
+        finish_reason,
+        prompt_tokens: row.prompt_tokens,
+        attention: row.attention.take(),
+        logprobs: row.token_logprobs.take(),
+    })
 }

@@ -23,7 +23,9 @@ pub mod weights;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use chat_template::{CHATML_TEMPLATE, ChatTemplate, FALLBACK_NOTICE, Message};
+pub use engine::Engine;
 pub use error::{ModelError, Result};
+pub use generate::{BatchGenerator, RowEvent, RowId, RowRequest, TokenLogprobs};
 pub use lm::{Cache, LanguageModel};
 pub use sampling::{Sampler, SamplingConfig};
 pub use tokenizer::{IncrementalDecoder, NamedChatTemplate, Tokenizer};

@@ -3,21 +3,40 @@
 
 use std::sync::Arc;
 
-use agora_llm::{ApiKey, Backend, BackendSpec, FakeBackend, OpenAiBackend, OpenAiConfig};
+use agora_llm::{
+    ApiKey, Backend, BackendSpec, FakeBackend, NativeBackend, NativeOptions, OpenAiBackend, OpenAiConfig,
+};
+use anyhow::Context;
 
 use crate::args::ModelArgs;
+use crate::commands::model::load_engine;
 
-/// Opens `spec`; `model` supplies the models folder and threads for `native`, and the
-/// variable that holds the API key for `openai:`.
+/// Opens `spec`; `model` supplies the models folder and threads for `native` (and the
+/// model itself when the spec names none), and the variable that holds the API key for
+/// `openai:`.
 pub fn open_backend(spec: &BackendSpec, model: &ModelArgs) -> anyhow::Result<Arc<dyn Backend>> {
     match spec {
         BackendSpec::Fake(mode) => Ok(Arc::new(FakeBackend::new(*mode))),
+        BackendSpec::Native(path) => {
+            let reference = match path {
+                Some(path) => Some(
+                    path.to_str()
+                        .with_context(|| format!("backend `{spec}`: the path is not valid UTF-8"))?
+                        .to_string(),
+                ),
+                None => model.model.clone(),
+            };
+            let args = ModelArgs { model: reference, ..model.clone() };
+            let engine = load_engine(&args).with_context(|| format!("backend `{spec}`"))?;
+            let backend = NativeBackend::new(engine, NativeOptions::default())
+                .with_context(|| format!("backend `{spec}`"))?;
+            Ok(Arc::new(backend))
+        }
         BackendSpec::OpenAi { base_url, model: name } => {
             let api_key = api_key(model.api_key_env.as_deref())?;
             let config = OpenAiConfig { api_key, ..OpenAiConfig::new(base_url.clone(), name.clone()) };
             Ok(Arc::new(OpenAiBackend::new(config)?))
         }
-        BackendSpec::Native(_) => anyhow::bail!("backend `{spec}` is not available in this build yet"),
     }
 }
 
