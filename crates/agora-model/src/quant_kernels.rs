@@ -153,6 +153,26 @@ impl PackedMatrix {
         self.data.get(row * bytes..(row + 1) * bytes).unwrap_or(&[])
     }
 
+    /// The rows of `parts` one after the other (all of one type and width): the q, k and
+    /// v projections of a layer, say, so that one pass over the activations serves all.
+    pub fn stack_rows(parts: &[&PackedMatrix]) -> Result<PackedMatrix, String> {
+        let Some(first) = parts.first() else {
+            return Err("no matrices to stack".to_string());
+        };
+        if let Some(other) = parts.iter().find(|part| part.kind != first.kind || part.columns != first.columns) {
+            return Err(format!(
+                "cannot stack a {:?} matrix of {} columns onto a {:?} matrix of {} columns",
+                other.kind, other.columns, first.kind, first.columns
+            ));
+        }
+        let mut data = Vec::with_capacity(parts.iter().map(|part| part.data.len()).sum());
+        for part in parts {
+            data.extend_from_slice(&part.data);
+        }
+        let rows = parts.iter().map(|part| part.rows).sum();
+        PackedMatrix::new(first.kind, rows, first.columns, data)
+    }
+
     /// Row `row` as f32 into `output` (`columns` values).
     pub fn dequantize_row(&self, row: usize, output: &mut [f32]) {
         let kind = self.kind;
