@@ -16,7 +16,8 @@ const STEPS: usize = 32;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `cargo bench` passes `--bench`; everything else is ours.
-    let arguments: Vec<String> = std::env::args().skip(1).filter(|argument| !argument.starts_with("--")).collect();
+    let arguments: Vec<String> =
+        std::env::args().skip(1).filter(|argument| !argument.starts_with("--")).collect();
     let default_model =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q8_0.gguf");
     let model_path = arguments.first().map(PathBuf::from).unwrap_or(default_model);
@@ -25,13 +26,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => vec![1, 8, 64],
     };
     if !model_path.is_file() {
-        eprintln!("skipped: {} is absent (agora model fetch; agora model convert --to q8_0)", model_path.display());
+        eprintln!(
+            "skipped: {} is absent (agora model fetch; agora model convert --to q8_0)",
+            model_path.display()
+        );
         return Ok(());
     }
     let device = Device::Cpu;
     let model = Model::load(&model_path, &device)?;
     let prompt: Vec<u32> = (0..PROMPT_TOKENS as u32).map(|index| 1000 + index * 37).collect();
-    println!("{} ({} threads), prompt {PROMPT_TOKENS}, {STEPS} steps", model_path.display(), rayon::current_num_threads());
+    println!(
+        "{} ({} threads), prompt {PROMPT_TOKENS}, {STEPS} steps",
+        model_path.display(),
+        rayon::current_num_threads()
+    );
     let mut sequential = None;
     for batch in batches {
         let rows: Vec<u32> = prompt.iter().copied().cycle().take(batch * PROMPT_TOKENS).collect();

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use crate::ops::{self, RopeScaling, Rotary};
 use crate::weights::{
-    Embedding, Gguf, Linear, ParallelLinear, Precision, RowOrder, Trainable, WeightSource, read_config, read_gguf,
+    Embedding, Gguf, Linear, ParallelLinear, Precision, RowOrder, Trainable, WeightSource, read_config,
+    read_gguf,
 };
 use crate::{Cache, LanguageModel, ModelError, Result};
 

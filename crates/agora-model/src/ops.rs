@@ -308,14 +308,16 @@ pub fn attention(
     }
     let key_count = keys.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let grouped_queries = queries.contiguous()?.reshape((batch, kv_heads, heads / kv_heads * seq, head_dim))?;
+    let grouped_queries =
+        queries.contiguous()?.reshape((batch, kv_heads, heads / kv_heads * seq, head_dim))?;
     let scores = (grouped_queries.matmul(&keys.t()?)? * scale)?.reshape((batch, heads, seq, key_count))?;
     let scores = match mask {
         Some(mask) => scores.broadcast_add(mask)?,
         None => scores,
     };
     let probabilities = softmax_last_dim(&scores)?;
-    let grouped_probabilities = probabilities.reshape((batch, kv_heads, heads / kv_heads * seq, key_count))?;
+    let grouped_probabilities =
+        probabilities.reshape((batch, kv_heads, heads / kv_heads * seq, key_count))?;
     let output = grouped_probabilities.matmul(values)?.reshape((batch, heads, seq, head_dim))?;
     Ok((output, probabilities))
 }

@@ -159,7 +159,9 @@ impl PackedMatrix {
         let Some(first) = parts.first() else {
             return Err("no matrices to stack".to_string());
         };
-        if let Some(other) = parts.iter().find(|part| part.kind != first.kind || part.columns != first.columns) {
+        if let Some(other) =
+            parts.iter().find(|part| part.kind != first.kind || part.columns != first.columns)
+        {
             return Err(format!(
                 "cannot stack a {:?} matrix of {} columns onto a {:?} matrix of {} columns",
                 other.kind, other.columns, first.kind, first.columns
@@ -176,7 +178,9 @@ impl PackedMatrix {
     /// Row `row` as f32 into `output` (`columns` values).
     pub fn dequantize_row(&self, row: usize, output: &mut [f32]) {
         let kind = self.kind;
-        for (block, values) in self.row(row).chunks_exact(kind.block_bytes()).zip(output.chunks_exact_mut(BLOCK)) {
+        for (block, values) in
+            self.row(row).chunks_exact(kind.block_bytes()).zip(output.chunks_exact_mut(BLOCK))
+        {
             let scale = f16_bits_to_f32(u16::from_le_bytes([block[0], block[1]]));
             match kind {
                 PackedType::Q8_0 => {
@@ -261,7 +265,11 @@ impl PackedMatrix {
     /// `xs [.., columns] · selfᵀ` as a candle tensor `[.., rows]` (no gradient: quantized
     /// weights are never trained).
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = if xs.dtype() == candle_core::DType::F32 { xs.clone() } else { xs.to_dtype(candle_core::DType::F32)? };
+        let xs = if xs.dtype() == candle_core::DType::F32 {
+            xs.clone()
+        } else {
+            xs.to_dtype(candle_core::DType::F32)?
+        };
         xs.contiguous()?.apply_op1_no_bwd(&PackedMatMul { matrix: self, level: SimdLevel::detect() })
     }
 }
@@ -425,7 +433,9 @@ fn portable_dot<const R: usize>(kind: PackedType, weights: &[u8], rows: &[RowVie
                 }
                 PackedType::Q4_0 | PackedType::Q4_1 => {
                     let (offset, nibbles) = match kind {
-                        PackedType::Q4_1 => (f16_bits_to_f32(u16::from_le_bytes([block[2], block[3]])), &block[4..]),
+                        PackedType::Q4_1 => {
+                            (f16_bits_to_f32(u16::from_le_bytes([block[2], block[3]])), &block[4..])
+                        }
                         _ => (-8.0 * scale, &block[2..]),
                     };
                     let (low, high) = quants.split_at(BLOCK / 2);
@@ -433,7 +443,8 @@ fn portable_dot<const R: usize>(kind: PackedType, weights: &[u8], rows: &[RowVie
                         .iter()
                         .zip(low.iter().zip(high))
                         .map(|(&byte, (&a_low, &a_high))| {
-                            i32::from(byte & 0x0F) * i32::from(a_low) + i32::from(byte >> 4) * i32::from(a_high)
+                            i32::from(byte & 0x0F) * i32::from(a_low)
+                                + i32::from(byte >> 4) * i32::from(a_high)
                         })
                         .sum();
                     *total += scale * activation_scale * dot as f32 + offset * scaled_sum;
@@ -524,6 +535,9 @@ mod x86 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
     }
 
+    // The AVX-512 intrinsics are stable since Rust 1.89; the workspace's `rust-version`
+    // (1.85) predates them (and the let-chains the crate already uses, 1.88).
+    #[allow(clippy::incompatible_msrv)]
     #[inline]
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn byte_dot_vnni(unsigned: __m256i, signed: __m256i) -> __m256i {
@@ -535,7 +549,11 @@ mod x86 {
     macro_rules! kernel {
         ($name:ident, $features:literal, $byte_dot:ident) => {
             #[target_feature(enable = $features)]
-            pub(super) fn $name<const R: usize>(kind: PackedType, weights: &[u8], rows: &[RowView; R]) -> [f32; R] {
+            pub(super) fn $name<const R: usize>(
+                kind: PackedType,
+                weights: &[u8],
+                rows: &[RowView; R],
+            ) -> [f32; R] {
                 let mut accumulators = [_mm256_setzero_ps(); R];
                 let mut offsets = [0f32; R];
                 let low_nibbles = _mm_set1_epi8(0x0F);
@@ -550,11 +568,15 @@ mod x86 {
                             let magnitudes = _mm256_sign_epi8(quants, quants);
                             for index in 0..R {
                                 let row = &rows[index];
-                                let activations = load_32(as_bytes(row.values.get(range.clone()).unwrap_or(&[])));
+                                let activations =
+                                    load_32(as_bytes(row.values.get(range.clone()).unwrap_or(&[])));
                                 let sums = $byte_dot(magnitudes, _mm256_sign_epi8(activations, quants));
                                 let both = scale * row.scales.get(block_index).copied().unwrap_or(0.0);
-                                accumulators[index] =
-                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(both), accumulators[index]);
+                                accumulators[index] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(sums),
+                                    _mm256_set1_ps(both),
+                                    accumulators[index],
+                                );
                             }
                         }
                         PackedType::Q4_0 | PackedType::Q4_1 => {
@@ -568,12 +590,17 @@ mod x86 {
                             let quants = _mm256_set_m128i(high, low);
                             for index in 0..R {
                                 let row = &rows[index];
-                                let activations = load_32(as_bytes(row.values.get(range.clone()).unwrap_or(&[])));
+                                let activations =
+                                    load_32(as_bytes(row.values.get(range.clone()).unwrap_or(&[])));
                                 let sums = $byte_dot(quants, activations);
                                 let both = scale * row.scales.get(block_index).copied().unwrap_or(0.0);
-                                accumulators[index] =
-                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(both), accumulators[index]);
-                                offsets[index] += offset * row.scaled_sums.get(block_index).copied().unwrap_or(0.0);
+                                accumulators[index] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(sums),
+                                    _mm256_set1_ps(both),
+                                    accumulators[index],
+                                );
+                                offsets[index] +=
+                                    offset * row.scaled_sums.get(block_index).copied().unwrap_or(0.0);
                             }
                         }
                     }
@@ -695,7 +722,8 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_f32_reference() {
         for kind in [PackedType::Q8_0, PackedType::Q4_0, PackedType::Q4_1] {
-            for (out_features, columns, count) in [(1, 32, 1), (7, 64, 1), (33, 96, 3), (65, 576, 5), (9, 160, 64), (130, 32, 2)]
+            for (out_features, columns, count) in
+                [(1, 32, 1), (7, 64, 1), (33, 96, 3), (65, 576, 5), (9, 160, 64), (130, 32, 2)]
             {
                 check(kind, out_features, columns, count, (out_features * 31 + columns + count) as u64);
             }
@@ -727,7 +755,14 @@ mod tests {
 
     #[test]
     fn half_precision_conversion() {
-        for (bits, value) in [(0x3C00u16, 1.0f32), (0xC000, -2.0), (0x0000, 0.0), (0x3555, 0.333_251_95), (0x0001, 5.960_464_5e-8), (0x7BFF, 65504.0)] {
+        for (bits, value) in [
+            (0x3C00u16, 1.0f32),
+            (0xC000, -2.0),
+            (0x0000, 0.0),
+            (0x3555, 0.333_251_95),
+            (0x0001, 5.960_464_5e-8),
+            (0x7BFF, 65504.0),
+        ] {
             assert_eq!(f16_bits_to_f32(bits), value, "{bits:#x}");
         }
     }

@@ -118,7 +118,10 @@ impl ParallelLinear {
             Err(_) => return Ok(ParallelLinear::Separate(layers)),
         };
         let widths = packed.iter().map(|matrix| matrix.rows()).collect();
-        Ok(ParallelLinear::Fused { linear: Linear { weight: Weight::Packed(Arc::new(fused)), bias: None }, widths })
+        Ok(ParallelLinear::Fused {
+            linear: Linear { weight: Weight::Packed(Arc::new(fused)), bias: None },
+            widths,
+        })
     }
 
     /// Each layer's output, in the order given to [`ParallelLinear::new`].
@@ -775,7 +778,18 @@ impl Model {
         precision: Precision,
         trainable: Trainable,
     ) -> Result<Model> {
-        let gguf = read_gguf(path)?;
+        Model::from_parsed_gguf(read_gguf(path)?, device, precision, trainable)
+    }
+
+    /// [`Model::from_gguf`] on a file already parsed (so that the tokenizer can be read
+    /// from the same parse: one copy of the metadata in memory, not two).
+    pub fn from_parsed_gguf(
+        gguf: Gguf,
+        device: &Device,
+        precision: Precision,
+        trainable: Trainable,
+    ) -> Result<Model> {
+        let path = gguf.path.clone();
         match gguf.architecture()?.as_str() {
             "llama" | "qwen2" => {
                 Ok(Model::Llama(Llama::from_gguf_parsed(gguf, device, precision, trainable)?))
