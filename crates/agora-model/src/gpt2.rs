@@ -314,18 +314,26 @@ impl Gpt2 {
 
 impl LanguageModel for Gpt2 {
     fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
-        let hidden = self.last_hidden(tokens, mask, cache)?;
-        let eps = self.config.layer_norm_epsilon;
-        let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
-        self.lm_head.forward(&hidden)
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = self.last_hidden(tokens, mask, cache)?;
+            let eps = self.config.layer_norm_epsilon;
+            let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
+            self.lm_head.forward(&hidden)
+        })
     }
 
     /// Only the last position goes through the final layer norm and the output layer.
     fn forward_last(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
-        let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
-        let eps = self.config.layer_norm_epsilon;
-        let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
-        self.lm_head.forward(&hidden)
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
+            let eps = self.config.layer_norm_epsilon;
+            let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
+            self.lm_head.forward(&hidden)
+        })
     }
 
     fn new_cache(&self) -> Cache {

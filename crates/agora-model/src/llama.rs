@@ -446,17 +446,25 @@ impl Llama {
 
 impl LanguageModel for Llama {
     fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
-        let hidden = self.last_hidden(tokens, mask, cache)?;
-        let hidden = ops::rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
-        self.lm_head.forward(&hidden)
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = self.last_hidden(tokens, mask, cache)?;
+            let hidden = ops::rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
+            self.lm_head.forward(&hidden)
+        })
     }
 
     /// Only the last position goes through the final norm and the output layer (a fifth
     /// of this model's work per token for SmolLM2-135M).
     fn forward_last(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
-        let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
-        let hidden = ops::rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
-        self.lm_head.forward(&hidden)
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
+            let hidden = ops::rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
+            self.lm_head.forward(&hidden)
+        })
     }
 
     fn new_cache(&self) -> Cache {
