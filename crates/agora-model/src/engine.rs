@@ -7,7 +7,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::generate::{Control, GenerateOptions, Generation, generate};
-use crate::weights::Model;
+use crate::weights::{Model, Precision, Trainable};
 use crate::{ChatTemplate, LanguageModel, Message, Result, SamplingConfig, Tokenizer};
 
 /// A loaded model ready to generate.
@@ -40,9 +40,15 @@ impl Engine {
     /// Loads a Hugging Face folder or a GGUF file with its tokenizer and chat template
     /// (ChatML when the model has none; see [`ChatTemplate::is_fallback`]).
     pub fn load(path: &Path, device: &Device) -> Result<Engine> {
-        let model = Model::load(path, device)?;
-        let tokenizer =
-            if path.is_dir() { Tokenizer::from_folder(path)? } else { Tokenizer::from_gguf(path)? };
+        let (model, tokenizer) = if path.is_dir() {
+            (Model::load(path, device)?, Tokenizer::from_folder(path)?)
+        } else {
+            // One parse for both, the tokenizer first: the model frees the metadata before
+            // reading its tensors, which keeps the peak memory of loading low.
+            let gguf = crate::weights::read_gguf(path)?;
+            let tokenizer = Tokenizer::from_gguf_content(path, &gguf.content)?;
+            (Model::from_parsed_gguf(gguf, device, Precision::Quantized, Trainable::No)?, tokenizer)
+        };
         let template = tokenizer.chat_template()?;
         Ok(Engine { model, tokenizer, template, path: path.to_path_buf() })
     }

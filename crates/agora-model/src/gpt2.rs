@@ -268,8 +268,10 @@ fn resize_rows(table: &Tensor, rows: usize) -> Result<Tensor> {
     Ok(Tensor::cat(&[&table.detach(), &extra.contiguous()?], 0)?)
 }
 
-impl LanguageModel for Gpt2 {
-    fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+impl Gpt2 {
+    /// The hidden states after the last block (before the final layer norm),
+    /// `[batch, seq, hidden]`, with `cache` extended.
+    fn last_hidden(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
         let (batch, seq) = tokens.dims2()?;
         let past = cache.len;
         if cache.layers.len() != self.blocks.len() {
@@ -306,8 +308,32 @@ impl LanguageModel for Gpt2 {
         if let Some(attention) = &mut cache.attention {
             attention.push(captured);
         }
-        let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
-        self.lm_head.forward(&hidden)
+        Ok(hidden)
+    }
+}
+
+impl LanguageModel for Gpt2 {
+    fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = self.last_hidden(tokens, mask, cache)?;
+            let eps = self.config.layer_norm_epsilon;
+            let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
+            self.lm_head.forward(&hidden)
+        })
+    }
+
+    /// Only the last position goes through the final layer norm and the output layer.
+    fn forward_last(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
+            let eps = self.config.layer_norm_epsilon;
+            let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
+            self.lm_head.forward(&hidden)
+        })
     }
 
     fn new_cache(&self) -> Cache {

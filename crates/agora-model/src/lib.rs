@@ -16,6 +16,7 @@ pub mod gpt2;
 pub mod llama;
 mod lm;
 pub mod ops;
+pub mod quant_kernels;
 pub mod sampling;
 pub mod scoring;
 mod tokenizer;

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use crate::ops::{self, RopeScaling, Rotary};
 use crate::weights::{
-    Embedding, Gguf, Linear, Precision, RowOrder, Trainable, WeightSource, read_config, read_gguf,
+    Embedding, Gguf, Linear, ParallelLinear, Precision, RowOrder, Trainable, WeightSource, read_config,
+    read_gguf,
 };
 use crate::{Cache, LanguageModel, ModelError, Result};
 
@@ -243,13 +244,12 @@ pub fn gguf_name(name: &str) -> String {
 #[derive(Debug)]
 struct Block {
     input_norm: Tensor,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k and v projections.
+    qkv: ParallelLinear,
     o_proj: Linear,
     post_attention_norm: Tensor,
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// Gate and up projections.
+    gate_up: ParallelLinear,
     down_proj: Linear,
 }
 
@@ -300,6 +300,9 @@ impl Llama {
             ));
         }
         let config = LlamaConfig::from_gguf(&mut gguf)?;
+        // The metadata (mostly the tokenizer's vocabulary and merges, several MB of small
+        // strings) is not needed for the tensors: freeing it first lowers the peak.
+        gguf.content.metadata = Default::default();
         // Only llama.cpp's Llama converter permutes q/k for its interleaved rope.
         let permuted_qk = architecture == "llama";
         let source = WeightSource::from_gguf(gguf, device, precision, trainable, gguf_name);
@@ -326,20 +329,18 @@ impl Llama {
             let bias = config.qkv_bias;
             blocks.push(Block {
                 input_norm: source.tensor(&format!("{prefix}.input_layernorm.weight"), &[hidden])?,
-                q_proj: linear("self_attn.q_proj", query_width, hidden, bias, row_order(config.heads))?,
-                k_proj: linear("self_attn.k_proj", key_width, hidden, bias, row_order(config.kv_heads))?,
-                v_proj: linear("self_attn.v_proj", key_width, hidden, bias, RowOrder::AsStored)?,
+                qkv: ParallelLinear::new(vec![
+                    linear("self_attn.q_proj", query_width, hidden, bias, row_order(config.heads))?,
+                    linear("self_attn.k_proj", key_width, hidden, bias, row_order(config.kv_heads))?,
+                    linear("self_attn.v_proj", key_width, hidden, bias, RowOrder::AsStored)?,
+                ])?,
                 o_proj: linear("self_attn.o_proj", hidden, query_width, false, RowOrder::AsStored)?,
                 post_attention_norm: source
                     .tensor(&format!("{prefix}.post_attention_layernorm.weight"), &[hidden])?,
-                gate_proj: linear(
-                    "mlp.gate_proj",
-                    config.intermediate_size,
-                    hidden,
-                    false,
-                    RowOrder::AsStored,
-                )?,
-                up_proj: linear("mlp.up_proj", config.intermediate_size, hidden, false, RowOrder::AsStored)?,
+                gate_up: ParallelLinear::new(vec![
+                    linear("mlp.gate_proj", config.intermediate_size, hidden, false, RowOrder::AsStored)?,
+                    linear("mlp.up_proj", config.intermediate_size, hidden, false, RowOrder::AsStored)?,
+                ])?,
                 down_proj: linear(
                     "mlp.down_proj",
                     hidden,
@@ -375,16 +376,14 @@ impl Llama {
     ) -> Result<(Tensor, Tensor)> {
         let (batch, seq, _) = xs.dims3()?;
         let config = &self.config;
-        let heads = |projection: &Linear, count: usize| -> Result<Tensor> {
-            Ok(projection
-                .forward(xs)?
-                .reshape((batch, seq, count, config.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let heads = |projected: &Tensor, count: usize| -> Result<Tensor> {
+            Ok(projected.reshape((batch, seq, count, config.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let queries = heads(&block.q_proj, config.heads)?;
-        let keys = heads(&block.k_proj, config.kv_heads)?;
-        let values = heads(&block.v_proj, config.kv_heads)?;
+        let [queries, keys, values] = <[Tensor; 3]>::try_from(block.qkv.forward(xs)?)
+            .map_err(|_| ModelError::Config("the q/k/v projections gave other than 3 outputs".into()))?;
+        let queries = heads(&queries, config.heads)?;
+        let keys = heads(&keys, config.kv_heads)?;
+        let values = heads(&values, config.kv_heads)?;
         let queries = ops::apply_rotary(&queries, &rotary.0, &rotary.1)?;
         let keys = ops::apply_rotary(&keys, &rotary.0, &rotary.1)?;
         let (keys, values) = match layer_cache.take() {
@@ -394,23 +393,23 @@ impl Llama {
             None => (keys, values),
         };
         *layer_cache = Some((keys.clone(), values.clone()));
-        let repeats = config.heads / config.kv_heads;
-        let keys = ops::repeat_kv(keys, repeats)?;
-        let values = ops::repeat_kv(values, repeats)?;
         let (output, probabilities) = ops::attention(&queries, &keys, &values, mask)?;
         let output = output.transpose(1, 2)?.reshape((batch, seq, config.heads * config.head_dim))?;
         Ok((block.o_proj.forward(&output)?, probabilities))
     }
 
     fn mlp(&self, block: &Block, xs: &Tensor) -> Result<Tensor> {
-        let gate = ops::silu(&block.gate_proj.forward(xs)?)?;
-        let up = block.up_proj.forward(xs)?;
+        let [gate, up] = <[Tensor; 2]>::try_from(block.gate_up.forward(xs)?)
+            .map_err(|_| ModelError::Config("the gate/up projections gave other than 2 outputs".into()))?;
+        let gate = ops::silu(&gate)?;
         block.down_proj.forward(&(gate * up)?)
     }
 }
 
-impl LanguageModel for Llama {
-    fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+impl Llama {
+    /// The hidden states after the last block (before the final norm),
+    /// `[batch, seq, hidden]`, with `cache` extended.
+    fn last_hidden(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
         let (batch, seq) = tokens.dims2()?;
         let past = cache.len;
         if cache.layers.len() != self.blocks.len() {
@@ -441,8 +440,31 @@ impl LanguageModel for Llama {
         if let Some(attention) = &mut cache.attention {
             attention.push(captured);
         }
-        let hidden = ops::rms_norm(&hidden, &self.norm, eps)?;
-        self.lm_head.forward(&hidden)
+        Ok(hidden)
+    }
+}
+
+impl LanguageModel for Llama {
+    fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = self.last_hidden(tokens, mask, cache)?;
+            let hidden = ops::rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
+            self.lm_head.forward(&hidden)
+        })
+    }
+
+    /// Only the last position goes through the final norm and the output layer (a fifth
+    /// of this model's work per token for SmolLM2-135M).
+    fn forward_last(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+        // Inside the pool: every parallel kernel below then runs on its workers (or
+        // inline with one thread) instead of waking them from outside on every call.
+        rayon::scope(|_| {
+            let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
+            let hidden = ops::rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
+            self.lm_head.forward(&hidden)
+        })
     }
 
     fn new_cache(&self) -> Cache {

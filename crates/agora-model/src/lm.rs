@@ -13,12 +13,29 @@ pub trait LanguageModel {
     /// cache.len() + seq]` with 1 for real tokens and 0 for padding (left padding for
     /// batched generation); `None` means no padding.
     fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor>;
+    /// Logits of the last position of `tokens` only, `[batch, vocab]`, with the same
+    /// effect on `cache` as [`LanguageModel::forward`]: what generation needs after a
+    /// prefill or a decode step. With left padding the last position is a real token of
+    /// every row. The default takes the last row of `forward`; architectures override it
+    /// to skip the output layer for every other position.
+    fn forward_last(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+        last_position(&self.forward(tokens, mask, cache)?)
+    }
     /// An empty cache for this model (one slot per layer).
     fn new_cache(&self) -> Cache;
     fn vocab_size(&self) -> usize;
     /// The longest sequence the model was trained for.
     fn max_context(&self) -> usize;
     fn device(&self) -> &Device;
+}
+
+/// The last position of `[batch, seq, width]`: `[batch, width]`.
+pub(crate) fn last_position(xs: &Tensor) -> Result<Tensor> {
+    let seq = xs.dim(1)?;
+    if seq == 0 {
+        return Err(crate::ModelError::Config("no tokens: there is no last position".to_string()));
+    }
+    Ok(xs.narrow(1, seq - 1, 1)?.squeeze(1)?)
 }
 
 /// Per-layer keys and values of the tokens seen so far, and (when switched on) the

@@ -1,9 +1,12 @@
-//! Differentiable building blocks of the architectures, composed from basic candle ops
-//! so that every one of them records a backward pass.
+//! Building blocks of the architectures, differentiable whenever a gradient is wanted.
 //!
-//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rotary_emb::*` record
-//! no gradient (parameters upstream of them silently get none), so nothing here calls
-//! them. Everything computes in the input's dtype; the models run in f32.
+//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rotary_emb::rope`
+//! record no gradient (parameters upstream of them silently get none). So each block here
+//! has two paths: composed from basic candle ops, which record a backward pass, whenever
+//! one of its inputs is tracked for backpropagation (a `Var`, or computed from one); and
+//! candle's fused op, which is several times faster, when none is (inference on plain
+//! tensors or quantized weights). Everything computes in the input's dtype; the models
+//! run in f32.
 
 use candle_core::{D, DType, Device, Tensor};
 
@@ -17,6 +20,9 @@ pub const MASKED: f32 = f32::MIN;
 /// Softmax over the last dimension, with the row maximum subtracted first so `exp`
 /// never overflows.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(&xs.contiguous()?)?);
+    }
     let max = xs.max_keepdim(D::Minus1)?;
     let exp = xs.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
@@ -33,6 +39,9 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 
 /// Root-mean-square normalisation (Llama): `xs / sqrt(mean(xs²) + eps) * weight`.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if !xs.track_op() && !weight.track_op() {
+        return Ok(candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32)?);
+    }
     let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
     let normalised = xs.broadcast_div(&(mean_square + eps)?.sqrt()?)?;
     Ok(normalised.broadcast_mul(weight)?)
@@ -41,6 +50,9 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Layer normalisation (GPT-2): centre, divide by the standard deviation (biased
 /// variance, as PyTorch), then scale and shift.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if !xs.track_op() && !weight.track_op() && !bias.track_op() {
+        return Ok(candle_nn::ops::layer_norm(&xs.contiguous()?, weight, bias, eps as f32)?);
+    }
     let mean = xs.mean_keepdim(D::Minus1)?;
     let centred = xs.broadcast_sub(&mean)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -50,6 +62,10 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
 
 /// GPT-2's `gelu_new`: `0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))`.
 pub fn gelu_new(xs: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() {
+        // candle's `gelu` is this tanh approximation, in one pass.
+        return Ok(xs.gelu()?);
+    }
     let sqrt_two_over_pi = (2.0 / std::f64::consts::PI).sqrt();
     let inner = ((xs + (xs.powf(3.0)? * 0.044715)?)? * sqrt_two_over_pi)?;
     Ok(((xs * 0.5)? * (inner.tanh()? + 1.0)?)?)
@@ -57,6 +73,9 @@ pub fn gelu_new(xs: &Tensor) -> Result<Tensor> {
 
 /// `x * sigmoid(x)`, written as `x / (1 + exp(-x))`.
 pub fn silu(xs: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() {
+        return Ok(xs.silu()?);
+    }
     Ok((xs / (xs.neg()?.exp()? + 1.0)?)?)
 }
 
@@ -175,6 +194,11 @@ fn scaled_frequency(frequency: f64, index: usize, scaling: &RopeScaling) -> f64 
 /// Rotates `xs` (`[batch, heads, seq, head_dim]`) by the tables from
 /// [`Rotary::tables`]: `x * cos + rotate_half(x) * sin`, written per half.
 pub fn apply_rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() {
+        // candle's kernel takes the tables as `[batch, seq, head_dim / 2]`.
+        let (cos, sin) = (cos.squeeze(1)?.contiguous()?, sin.squeeze(1)?.contiguous()?);
+        return Ok(candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)?);
+    }
     let head_dim = xs.dim(D::Minus1)?;
     let half = head_dim / 2;
     let first = xs.narrow(D::Minus1, 0, half)?;
@@ -263,21 +287,38 @@ pub fn attention_mask(
 
 /// Scaled dot-product attention with an additive mask; returns the output
 /// `[batch, heads, seq, head_dim]` and the probabilities `[batch, heads, seq, keys]`.
+///
+/// `keys` and `values` may have fewer heads than `queries` (grouped-query attention:
+/// `heads` a multiple of `kv_heads`, each key/value head serving the query heads that
+/// follow it, as Hugging Face's `repeat_kv` pairs them). The query heads of a group are
+/// stacked along the sequence so that one matrix product serves the whole group, instead
+/// of copying every key and value `heads / kv_heads` times.
 pub fn attention(
     queries: &Tensor,
     keys: &Tensor,
     values: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    let head_dim = queries.dim(D::Minus1)?;
+    let (batch, heads, seq, head_dim) = queries.dims4()?;
+    let kv_heads = keys.dim(1)?;
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(ModelError::Config(format!(
+            "{heads} query heads are not a multiple of {kv_heads} key/value heads"
+        )));
+    }
+    let key_count = keys.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let scores = (queries.matmul(&keys.t()?)? * scale)?;
+    let grouped_queries =
+        queries.contiguous()?.reshape((batch, kv_heads, heads / kv_heads * seq, head_dim))?;
+    let scores = (grouped_queries.matmul(&keys.t()?)? * scale)?.reshape((batch, heads, seq, key_count))?;
     let scores = match mask {
         Some(mask) => scores.broadcast_add(mask)?,
         None => scores,
     };
     let probabilities = softmax_last_dim(&scores)?;
-    let output = probabilities.matmul(values)?;
+    let grouped_probabilities =
+        probabilities.reshape((batch, kv_heads, heads / kv_heads * seq, key_count))?;
+    let output = grouped_probabilities.matmul(values)?.reshape((batch, heads, seq, head_dim))?;
     Ok((output, probabilities))
 }
 

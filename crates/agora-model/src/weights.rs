@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use candle_nn::VarMap;
 
 use crate::gpt2::Gpt2;
 use crate::llama::Llama;
+use crate::quant_kernels::{PackedMatrix, PackedType};
 use crate::{Cache, LanguageModel, ModelError, Result};
 
 /// Whether the loaded weights become trainable variables.
@@ -57,8 +59,12 @@ pub enum Weight {
     /// `[in, out]`, as GPT-2's `Conv1D` stores it; kept in that layout so that a trained
     /// variable saves back into the layout Hugging Face expects.
     DenseInOut(Tensor),
-    /// A quantized GGUF matrix (`[out, in]`), shared with a tied embedding if any.
+    /// A quantized GGUF matrix (`[out, in]`) of a type without a kernel of ours (the
+    /// K-quants, f16), multiplied by candle; shared with a tied embedding if any.
     Quantized(Arc<QMatMul>),
+    /// A Q8_0, Q4_0 or Q4_1 GGUF matrix (`[out, in]`) multiplied by agora's kernels
+    /// ([`crate::quant_kernels`]); shared with a tied embedding if any.
+    Packed(Arc<PackedMatrix>),
 }
 
 /// `xs · Wᵀ + b` over the last dimension of `xs`.
@@ -74,11 +80,66 @@ impl Linear {
             Weight::Dense(weight) => matmul_last_dim(xs, &weight.t()?)?,
             Weight::DenseInOut(weight) => matmul_last_dim(xs, weight)?,
             Weight::Quantized(weight) => weight.forward(xs)?,
+            Weight::Packed(weight) => weight.forward(xs)?,
         };
         Ok(match &self.bias {
             Some(bias) => output.broadcast_add(bias)?,
             None => output,
         })
+    }
+}
+
+/// Linear layers that read the same input (a layer's q/k/v projections, or its gate and
+/// up projections). When all are bias-free matrices of one packed type, they are stacked
+/// into one matrix at load time: one quantization of the activations and one pass over
+/// the thread pool instead of several. Otherwise (dense or trainable weights, biases)
+/// each runs alone, so gradients reach every one as before.
+#[derive(Debug, Clone)]
+pub enum ParallelLinear {
+    Fused { linear: Linear, widths: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl ParallelLinear {
+    pub fn new(layers: Vec<Linear>) -> Result<ParallelLinear> {
+        let packed: Option<Vec<&PackedMatrix>> = layers
+            .iter()
+            .map(|layer| match (&layer.weight, &layer.bias) {
+                (Weight::Packed(matrix), None) => Some(matrix.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let Some(packed) = packed.filter(|parts| parts.len() > 1) else {
+            return Ok(ParallelLinear::Separate(layers));
+        };
+        let fused = match PackedMatrix::stack_rows(&packed) {
+            Ok(fused) => fused,
+            // Different types (a mixed-quantization file): run them one by one.
+            Err(_) => return Ok(ParallelLinear::Separate(layers)),
+        };
+        let widths = packed.iter().map(|matrix| matrix.rows()).collect();
+        Ok(ParallelLinear::Fused {
+            linear: Linear { weight: Weight::Packed(Arc::new(fused)), bias: None },
+            widths,
+        })
+    }
+
+    /// Each layer's output, in the order given to [`ParallelLinear::new`].
+    pub fn forward(&self, xs: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            ParallelLinear::Separate(layers) => layers.iter().map(|layer| layer.forward(xs)).collect(),
+            ParallelLinear::Fused { linear, widths } => {
+                let output = linear.forward(xs)?;
+                let last = output.rank().saturating_sub(1);
+                let mut start = 0;
+                let mut outputs = Vec::with_capacity(widths.len());
+                for &width in widths {
+                    outputs.push(output.narrow(last, start, width)?);
+                    start += width;
+                }
+                Ok(outputs)
+            }
+        }
     }
 }
 
@@ -99,6 +160,8 @@ pub enum Embedding {
     Dense(Tensor),
     /// Quantized rows are dequantized only for the ids looked up.
     Quantized(Arc<QTensor>),
+    /// The same for the block types of agora's kernels.
+    Packed(Arc<PackedMatrix>),
 }
 
 impl Embedding {
@@ -122,6 +185,12 @@ impl Embedding {
                 Ok(table.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, hidden))?)
             }
             Embedding::Quantized(table) => Ok(table.embedding(ids)?),
+            Embedding::Packed(table) => {
+                let (batch, seq) = ids.dims2()?;
+                let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                let rows = table.select_rows(&ids).map_err(ModelError::Config)?;
+                Ok(Tensor::from_vec(rows, (batch, seq, table.columns()), &Device::Cpu)?)
+            }
         }
     }
 
@@ -129,6 +198,7 @@ impl Embedding {
         Ok(match self {
             Embedding::Dense(table) => table.dim(0)?,
             Embedding::Quantized(table) => table.shape().dims2()?.0,
+            Embedding::Packed(table) => table.rows(),
         })
     }
 
@@ -137,6 +207,7 @@ impl Embedding {
         let weight = match self {
             Embedding::Dense(table) => Weight::Dense(table.clone()),
             Embedding::Quantized(table) => Weight::Quantized(Arc::new(QMatMul::from_arc(table.clone())?)),
+            Embedding::Packed(table) => Weight::Packed(table.clone()),
         };
         Ok(Linear { weight, bias: None })
     }
@@ -323,6 +394,42 @@ impl<'a> WeightSource<'a> {
             .map_err(|error| self.error(name, describe(error)))
     }
 
+    /// The stored bytes of a Q8_0, Q4_0 or Q4_1 matrix for agora's CPU kernels, read
+    /// straight from the file into their final buffer (no intermediate copy, which keeps
+    /// the peak memory of loading near the file size); `None` for other types or devices.
+    fn read_packed(&self, name: &str, shape: &[usize], order: RowOrder) -> Result<Option<PackedMatrix>> {
+        let Store::Gguf { content, file, .. } = &self.store else {
+            return Ok(None);
+        };
+        let stored = self.stored_name(name);
+        let info = content
+            .tensor_infos
+            .get(&stored)
+            .ok_or_else(|| self.error(name, "missing from the GGUF file"))?;
+        self.check_shape(name, info.shape.dims(), shape)?;
+        let Some(kind) = PackedType::from_ggml(info.ggml_dtype) else {
+            return Ok(None);
+        };
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let [rows, columns] = *shape else {
+            return Ok(None);
+        };
+        let dtype = info.ggml_dtype;
+        let bytes = rows * columns / dtype.block_size() * dtype.type_size();
+        let mut data = vec![0u8; bytes];
+        let mut reader = file;
+        reader
+            .seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
+            .and_then(|_| reader.read_exact(&mut data))
+            .map_err(|error| self.error(name, format!("cannot read its {bytes} bytes: {error}")))?;
+        if let RowOrder::LlamaCppRope { heads } = order {
+            data = unpermute_row_bytes(&data, rows, heads).map_err(|error| self.error(name, error))?;
+        }
+        PackedMatrix::new(kind, rows, columns, data).map(Some).map_err(|error| self.error(name, error))
+    }
+
     fn register(&self, name: &str, tensor: Tensor) -> Result<Tensor> {
         match self.trainable {
             Trainable::No => Ok(tensor),
@@ -333,6 +440,9 @@ impl<'a> WeightSource<'a> {
     /// A token or position table `[rows, hidden]`; quantized when the GGUF is.
     pub fn embedding(&self, name: &str, rows: usize, hidden: usize) -> Result<Embedding> {
         if self.quantized() {
+            if let Some(table) = self.read_packed(name, &[rows, hidden], RowOrder::AsStored)? {
+                return Ok(Embedding::Packed(Arc::new(table)));
+            }
             let table = self.read_quantized(name, &[rows, hidden])?;
             return Ok(Embedding::Quantized(Arc::new(table)));
         }
@@ -353,7 +463,10 @@ impl<'a> WeightSource<'a> {
         order: RowOrder,
     ) -> Result<Linear> {
         let shape = [out_features, in_features];
-        let weight = if self.quantized() {
+        let packed = if self.quantized() { self.read_packed(name, &shape, order)? } else { None };
+        let weight = if let Some(packed) = packed {
+            Weight::Packed(Arc::new(packed))
+        } else if self.quantized() {
             let mut table = self.read_quantized(name, &shape)?;
             if let RowOrder::LlamaCppRope { heads } = order {
                 table = unpermute_quantized_rows(&table, heads, &self.device)
@@ -416,12 +529,18 @@ fn unpermute_rows(tensor: &Tensor, heads: usize) -> Result<Tensor> {
 /// whole rows move untouched.
 fn unpermute_quantized_rows(table: &QTensor, heads: usize, device: &Device) -> Result<QTensor> {
     let (rows, columns) = table.shape().dims2()?;
-    if heads == 0 || rows % (2 * heads) != 0 {
+    let dtype: GgmlDType = table.dtype();
+    let output = unpermute_row_bytes(&table.data()?, rows, heads)?;
+    let storage = QStorage::from_data(Cow::Owned(output), device, dtype)?;
+    Ok(QTensor::new(storage, (rows, columns))?)
+}
+
+/// The permutation of [`unpermute_rows`] on `rows` rows of bytes of equal length.
+fn unpermute_row_bytes(data: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
+    if heads == 0 || rows % (2 * heads) != 0 || data.len() % rows != 0 {
         return Err(ModelError::Config(format!("{rows} rows cannot be split into {heads} rotary heads")));
     }
-    let dtype: GgmlDType = table.dtype();
-    let row_bytes = columns / dtype.block_size() * dtype.type_size();
-    let data = table.data()?;
+    let row_bytes = data.len() / rows;
     let head_dim = rows / heads;
     let half = head_dim / 2;
     let mut output = vec![0u8; data.len()];
@@ -431,16 +550,15 @@ fn unpermute_quantized_rows(table: &QTensor, heads: usize, device: &Device) -> R
                 let hugging_face_row = head * head_dim + pair * half + index;
                 let gguf_row = head * head_dim + index * 2 + pair;
                 let source = data.get(gguf_row * row_bytes..(gguf_row + 1) * row_bytes);
-                let Some(source) = source else {
+                let target = output.get_mut(hugging_face_row * row_bytes..(hugging_face_row + 1) * row_bytes);
+                let (Some(source), Some(target)) = (source, target) else {
                     return Err(ModelError::Config("quantized rows shorter than their shape".into()));
                 };
-                output[hugging_face_row * row_bytes..(hugging_face_row + 1) * row_bytes]
-                    .copy_from_slice(source);
+                target.copy_from_slice(source);
             }
         }
     }
-    let storage = QStorage::from_data(Cow::Owned(output), device, dtype)?;
-    Ok(QTensor::new(storage, (rows, columns))?)
+    Ok(output)
 }
 
 fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
@@ -660,7 +778,18 @@ impl Model {
         precision: Precision,
         trainable: Trainable,
     ) -> Result<Model> {
-        let gguf = read_gguf(path)?;
+        Model::from_parsed_gguf(read_gguf(path)?, device, precision, trainable)
+    }
+
+    /// [`Model::from_gguf`] on a file already parsed (so that the tokenizer can be read
+    /// from the same parse: one copy of the metadata in memory, not two).
+    pub fn from_parsed_gguf(
+        gguf: Gguf,
+        device: &Device,
+        precision: Precision,
+        trainable: Trainable,
+    ) -> Result<Model> {
+        let path = gguf.path.clone();
         match gguf.architecture()?.as_str() {
             "llama" | "qwen2" => {
                 Ok(Model::Llama(Llama::from_gguf_parsed(gguf, device, precision, trainable)?))
@@ -686,6 +815,10 @@ impl Model {
 impl LanguageModel for Model {
     fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
         self.inner().forward(tokens, mask, cache)
+    }
+
+    fn forward_last(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+        self.inner().forward_last(tokens, mask, cache)
     }
 
     fn new_cache(&self) -> Cache {

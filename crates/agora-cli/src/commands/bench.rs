@@ -181,7 +181,8 @@ struct DecodeReport {
     peak_rss_to_file_ratio: Option<f64>,
     /// `VmHWM` at the end of the benchmark (load + every run), in bytes.
     peak_rss_end_bytes: Option<u64>,
-    /// One forward over the prompt (logits for every position, as the engine's contract says).
+    /// One forward over the prompt, logits of the last position only
+    /// (`LanguageModel::forward_last`, as llama.cpp with `logits_all=False`).
     prefill_tokens_per_second: f64,
     /// `new_tokens` single-token forwards with greedy choice.
     decode_tokens_per_second: f64,
@@ -230,7 +231,7 @@ fn bench_decode(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         let mut cache = model.new_cache();
         let started = Instant::now();
         let input = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-        let logits = model.forward(&input, None, &mut cache)?;
+        let logits = model.forward_last(&input, None, &mut cache)?;
         let mut next = greedy_last(&logits, &banned)?;
         let prefill = started.elapsed().as_secs_f64();
 
@@ -239,7 +240,7 @@ fn bench_decode(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         for _ in 0..args.new_tokens {
             generated.push(next);
             let input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
-            let logits = model.forward(&input, None, &mut cache)?;
+            let logits = model.forward_last(&input, None, &mut cache)?;
             next = greedy_last(&logits, &banned)?;
         }
         let decode = started.elapsed().as_secs_f64();
@@ -311,11 +312,10 @@ fn prompt_tokens(engine: &Engine, count: usize) -> anyhow::Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// The most likely next token after the last position of `logits` (`[1, seq, vocab]`),
-/// never one of `banned`.
+/// The most likely next token by the last-position `logits` (`[1, vocab]`), never one of
+/// `banned`.
 fn greedy_last(logits: &Tensor, banned: &[u32]) -> anyhow::Result<u32> {
-    let seq = logits.dim(1)?;
-    let scores = logits.narrow(1, seq - 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    let scores = logits.flatten_all()?.to_vec1::<f32>()?;
     let mut best: Option<(u32, f32)> = None;
     for (id, &score) in (0u32..).zip(scores.iter()) {
         if banned.contains(&id) || score.is_nan() {
