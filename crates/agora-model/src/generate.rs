@@ -338,10 +338,10 @@ impl<'a> BatchGenerator<'a> {
         }
         let tokens = Tensor::from_vec(next_tokens, (self.running.len(), 1), &device)?;
         let mask = padding_mask(&paddings, keys, &device)?;
-        let logits = self.model.forward(&tokens, mask.as_ref(), &mut self.cache)?;
+        let logits = self.model.forward_last(&tokens, mask.as_ref(), &mut self.cache)?;
         take_attention(&mut self.cache, &mut self.running, &paddings, false)?;
         self.running.iter_mut().for_each(|row| row.fed += 1);
-        let logits = last_position_logits(&logits)?;
+        let logits = logits_rows(&logits)?;
         choose_tokens(&mut self.running, &logits, self.model.max_context(), &self.options, on_token, events)
     }
 
@@ -381,10 +381,10 @@ impl<'a> BatchGenerator<'a> {
         if self.options.capture_attention {
             cache = cache.capture_attention();
         }
-        let logits = self.model.forward(&tokens, mask.as_ref(), &mut cache)?;
+        let logits = self.model.forward_last(&tokens, mask.as_ref(), &mut cache)?;
         take_attention(&mut cache, &mut newcomers, &paddings, true)?;
         newcomers.iter_mut().for_each(|row| row.fed = row.history.len());
-        let logits = last_position_logits(&logits)?;
+        let logits = logits_rows(&logits)?;
         let stop_all = choose_tokens(
             &mut newcomers,
             &logits,
@@ -618,12 +618,10 @@ fn padding_mask(paddings: &[usize], keys: usize, device: &Device) -> Result<Opti
 }
 
 /// The logits of the last position of each row, `[batch][vocab]`.
-fn last_position_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let (_batch, seq, _vocab) = logits.dims3()?;
-    if seq == 0 {
-        return Err(ModelError::Config("generation: the model returned logits for no position".to_string()));
-    }
-    Ok(logits.i((.., seq - 1, ..))?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+/// The `[batch, vocab]` logits of the last position (left padding keeps every row's last
+/// position a real token), one `Vec` per row.
+fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
 }
 
 /// Appends the rows of `newcomers` (a cache of their own) to `running`, left-padding

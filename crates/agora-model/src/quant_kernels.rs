@@ -535,9 +535,7 @@ mod x86 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
     }
 
-    // The AVX-512 intrinsics are stable since Rust 1.89; the workspace's `rust-version`
-    // (1.85) predates them (and the let-chains the crate already uses, 1.88).
-    #[allow(clippy::incompatible_msrv)]
+    // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's `rust-version`.
     #[inline]
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn byte_dot_vnni(unsigned: __m256i, signed: __m256i) -> __m256i {
