@@ -1161,7 +1161,7 @@ pub fn write_synthetic(out: &mut dyn std::io::Write, target_bytes: u64, seed: u6
             };
             comments.push(synthetic_comment(&plan, position, &link_id, created, replies));
         }
-        let created_utc = if submission_number % 5 == 0 {
+        let created_utc = if submission_number.is_multiple_of(5) {
             serde_json::Value::String(format!("{created}"))
         } else {
             serde_json::Value::from(created)

@@ -109,7 +109,7 @@ impl Gpt2 {
                 )));
             }
         };
-        if config.n_head == 0 || config.n_embd % config.n_head != 0 {
+        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) {
             return Err(ModelError::Config(format!(
                 "n_embd {} is not a multiple of n_head {}",
                 config.n_embd, config.n_head

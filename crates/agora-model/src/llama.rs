@@ -91,7 +91,7 @@ impl LlamaConfig {
             return Err(invalid("num_attention_heads is 0".to_string()));
         }
         let kv_heads = config.num_key_value_heads.unwrap_or(config.num_attention_heads);
-        if kv_heads == 0 || config.num_attention_heads % kv_heads != 0 {
+        if kv_heads == 0 || !config.num_attention_heads.is_multiple_of(kv_heads) {
             return Err(invalid(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {kv_heads}",
                 config.num_attention_heads

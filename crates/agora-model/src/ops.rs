@@ -129,7 +129,7 @@ pub struct Rotary {
 
 impl Rotary {
     pub fn new(head_dim: usize, theta: f64, scaling: &RopeScaling, device: &Device) -> Result<Rotary> {
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(ModelError::Config(format!("rotary head dimension {head_dim} is odd")));
         }
         if let RopeScaling::Factors(factors) = scaling

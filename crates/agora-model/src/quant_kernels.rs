@@ -115,7 +115,7 @@ impl PackedMatrix {
     /// Wraps GGUF tensor bytes; fails when `data` does not hold exactly `rows` rows of
     /// `columns` values, or `columns` is not a multiple of 32.
     pub fn new(kind: PackedType, rows: usize, columns: usize, data: Vec<u8>) -> Result<PackedMatrix, String> {
-        if columns % BLOCK != 0 {
+        if !columns.is_multiple_of(BLOCK) {
             return Err(format!("{columns} columns are not a multiple of the {BLOCK}-value block"));
         }
         let expected = rows * (columns / BLOCK) * kind.block_bytes();
@@ -230,7 +230,7 @@ impl PackedMatrix {
     /// `input [count, columns] · selfᵀ`: `[count, rows]`, row-major, at `level` (which
     /// must be one of [`SimdLevel::available`]; anything else runs the portable code).
     pub fn matmul(&self, input: &[f32], level: SimdLevel) -> Result<Vec<f32>, String> {
-        if self.columns == 0 || input.len() % self.columns != 0 {
+        if self.columns == 0 || !input.len().is_multiple_of(self.columns) {
             return Err(format!("{} input values are not rows of {} columns", input.len(), self.columns));
         }
         let count = input.len() / self.columns;

@@ -537,7 +537,7 @@ fn unpermute_quantized_rows(table: &QTensor, heads: usize, device: &Device) -> R
 
 /// The permutation of [`unpermute_rows`] on `rows` rows of bytes of equal length.
 fn unpermute_row_bytes(data: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
-    if heads == 0 || rows % (2 * heads) != 0 || data.len() % rows != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) || !data.len().is_multiple_of(rows) {
         return Err(ModelError::Config(format!("{rows} rows cannot be split into {heads} rotary heads")));
     }
     let row_bytes = data.len() / rows;

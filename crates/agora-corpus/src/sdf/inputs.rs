@@ -131,13 +131,13 @@ pub(super) fn persona_from_object(
         if text.is_empty() {
             continue;
         }
-        if let Some((first_field, first_text)) = &instructions {
-            if first_text != text {
-                return Err(CorpusError::invalid(
-                    field_location(field),
-                    format!("differs from `{first_field}`; give one of the two"),
-                ));
-            }
+        if let Some((first_field, first_text)) = &instructions
+            && first_text != text
+        {
+            return Err(CorpusError::invalid(
+                field_location(field),
+                format!("differs from `{first_field}`; give one of the two"),
+            ));
         }
         instructions = Some((field, text.to_string()));
     }

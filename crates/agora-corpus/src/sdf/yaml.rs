@@ -83,10 +83,10 @@ fn parse_mapping(
 
 /// Splits `key: value` (or `key:`) at the first `: ` outside quotes.
 fn split_key(content: &str) -> Option<(&str, &str)> {
-    if let Some(key) = content.strip_suffix(':') {
-        if !key.contains(": ") {
-            return Some((key.trim(), ""));
-        }
+    if let Some(key) = content.strip_suffix(':')
+        && !key.contains(": ")
+    {
+        return Some((key.trim(), ""));
     }
     let (key, rest) = content.split_once(": ")?;
     if key.starts_with(['"', '\'']) {

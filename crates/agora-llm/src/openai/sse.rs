@@ -36,10 +36,10 @@ impl SseDecoder {
     /// `data: [DONE]` are common enough that it is kept.
     pub(crate) fn finish(&mut self) -> Result<Option<String>, String> {
         let line = std::mem::take(&mut self.partial_line);
-        if !line.is_empty() {
-            if let Some(data) = self.line(&line)? {
-                return Ok(Some(data));
-            }
+        if !line.is_empty()
+            && let Some(data) = self.line(&line)?
+        {
+            return Ok(Some(data));
         }
         Ok(self.take_event())
     }
