@@ -268,18 +268,39 @@ fn the_default_model_batches_concurrent_chats_without_changing_them() {
     let backend = NativeBackend::new(engine, NativeOptions::default()).unwrap();
     assert_eq!(backend.info().model, "SmolLM2-135M-Instruct.Q8_0.gguf");
     // Few and short: the model runs unoptimised code in test builds.
-    let requests: Vec<Request> =
-        chats(4).into_iter().map(|request| Request { sampling: Sampling::greedy(8), ..request }).collect();
+    let requests: Vec<Request> = chats(4)
+        .into_iter()
+        .map(|request| Request { sampling: Sampling::greedy(8), ..request }.with_logprobs(2))
+        .collect();
     let sequential = one_by_one(&backend, &requests);
     let concurrent = all_at_once(&backend, &requests);
+    // Batching pads rows, which changes the summation order of the attention products;
+    // on a quantized model that can flip a near-tie. So the replies must agree token for
+    // token up to a point where the model itself hesitated between its two best tokens.
     for (index, (alone, batched)) in sequential.iter().zip(&concurrent).enumerate() {
-        assert_eq!(alone.text, batched.text, "request {index}");
         assert!(!alone.text.is_empty());
+        let (alone_tokens, batched_tokens) =
+            (alone.logprobs.as_ref().unwrap(), batched.logprobs.as_ref().unwrap());
+        if let Some(first_difference) =
+            alone_tokens.iter().zip(batched_tokens).position(|(one, other)| one.token != other.token)
+        {
+            let hesitation = &alone_tokens[first_difference];
+            let gap = hesitation.top[0].logprob - hesitation.top[1].logprob;
+            assert!(
+                gap < 0.25 && hesitation.top[1].token == batched_tokens[first_difference].token,
+                "request {index}: batched reply left the greedy path at token {first_difference} where the \
+                 top two were {gap} apart: {:?} vs {:?}",
+                alone.text,
+                batched.text
+            );
+        } else {
+            assert_eq!(alone.text, batched.text, "request {index}");
+        }
     }
     assert!(backend.stats().largest_batch > 1, "{:?}", backend.stats());
 
     // Streaming with log-probs, and a dropped request beside a kept one.
-    let request = requests[0].clone().with_logprobs(2);
+    let request = requests[0].clone();
     let reply = streamed(&backend, request.clone());
     assert_eq!(reply.text, sequential[0].text);
     let logprobs = reply.logprobs.unwrap();
