@@ -161,6 +161,11 @@ pub struct GenerateArgs {
     /// Continue the prompt as raw text instead of applying the chat template.
     #[arg(long)]
     pub raw: bool,
+    /// Ask a backend instead of loading the model here: `native[:PATH]`, `openai:URL#MODEL`
+    /// (llama.cpp's server, vLLM, a hosted API), `fake:seeded`. The prompts are sent
+    /// concurrently; `--no-repeat-ngram` applies to the in-process model only.
+    #[arg(long)]
+    pub backend: Option<BackendSpec>,
 }
 
 #[derive(Debug, Args)]

@@ -261,3 +261,37 @@ fn generate_and_model_info_on_the_default_model_when_present() {
     let error = fails(dir.path(), &["generate", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
     assert!(error.contains("/nonexistent/model.gguf"), "{error}");
 }
+
+#[test]
+fn generate_asks_any_backend_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = dir.path();
+    let output = json(
+        workspace,
+        &[
+            "generate",
+            "--backend",
+            "fake:echo",
+            "-p",
+            "one two three",
+            "-p",
+            "four five",
+            "--max-new-tokens",
+            "2",
+        ],
+    );
+    assert_eq!(output["backend"]["spec"], "fake:echo");
+    assert_eq!(output["backend"]["model"], "fake-echo");
+    let outputs = output["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2);
+    assert_eq!(outputs[0]["text"], "one two");
+    assert_eq!(outputs[0]["finish_reason"], "length");
+    assert_eq!(outputs[1]["text"], "four five");
+    assert_eq!(outputs[1]["finish_reason"], "stop");
+    assert_eq!(output["sampling"]["max_tokens"], 2);
+
+    // A bad spec is a usage error from the argument parser, naming what is expected.
+    let output = agora(workspace, &["generate", "--backend", "openai:http://127.0.0.1:1/v1", "-p", "x"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("expected openai:URL#MODEL"), "{stderr}");
+}
