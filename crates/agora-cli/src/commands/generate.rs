@@ -64,14 +64,22 @@ pub fn run(settings: &Settings, args: &GenerateArgs) -> anyhow::Result<()> {
     if stream {
         println!();
     } else {
-        for (generation, prompt) in generations.iter().zip(&args.prompt) {
-            println!("### {prompt}");
-            println!("{}", generation.text.as_deref().unwrap_or_default());
-            println!();
-        }
+        print_replies(
+            &args.prompt,
+            generations.iter().map(|generation| generation.text.as_deref().unwrap_or_default()),
+        );
     }
     eprintln!("{generated} tokens in {seconds:.1} s ({:.1} tokens/s)", generated as f64 / seconds);
     Ok(())
+}
+
+/// Each prompt under a `###` heading, followed by its reply.
+fn print_replies<'a>(prompts: &[String], replies: impl Iterator<Item = &'a str>) {
+    for (prompt, reply) in prompts.iter().zip(replies) {
+        println!("### {prompt}");
+        println!("{reply}");
+        println!();
+    }
 }
 
 /// The messages of one prompt: the optional system message, then the prompt as the user.
@@ -157,11 +165,7 @@ fn run_on_backend(settings: &Settings, args: &GenerateArgs, spec: &BackendSpec) 
             "seconds": seconds,
         }));
     }
-    for (reply, prompt) in replies.iter().zip(&args.prompt) {
-        println!("### {prompt}");
-        println!("{}", reply.text);
-        println!();
-    }
+    print_replies(&args.prompt, replies.iter().map(|reply| reply.text.as_str()));
     let info = backend.info();
     eprintln!(
         "{generated} tokens in {seconds:.1} s ({:.1} tokens/s) from {} ({})",
