@@ -40,7 +40,8 @@ pub struct Alpha {
 ///
 /// Units with fewer than 2 values are not pairable and ignored. `None` when alpha is
 /// undefined: no pairable unit, no variation at all (expected disagreement 0), a value that
-/// is NaN or infinite, or a negative value at [`Level::Ratio`].
+/// is NaN or infinite, or a negative value at [`Level::Ratio`]. NaN is not a marker for a
+/// missing value here (as it is in Python's `krippendorff`): leave missing values out.
 ///
 /// The cost is linear in the number of values plus quadratic in the number of *distinct*
 /// values (the expected disagreement sums over pairs of them), and the memory linear.
@@ -290,15 +291,26 @@ mod tests {
         check(&[vec![1.0, 1.0], vec![2.0, 2.0], vec![9.0]], Level::Nominal, Some((1.0, 2, 4)));
         // -0.0 and 0.0 are the same value.
         check(&[vec![0.0, -0.0], vec![1.0, 1.0]], Level::Nominal, Some((1.0, 2, 4)));
-    }
-
-    #[test]
-    fn undefined_cases_are_none() {
-        check(&[], Level::Nominal, None);
-        check(&[vec![], vec![]], Level::Nominal, None);
         // A single unit with variation is defined (alpha 0: its disagreement is all there
         // is to expect); units seen once only are not.
         check(&[vec![1.0, 2.0]], Level::Interval, Some((0.0, 1, 2)));
+        // Negative values are fine below ratio level: observed 2*1*1*4 = 8, expected 2*(4 + 18 + 2)/3 = 16.
+        check(&[vec![-1.0, 1.0], vec![2.0, 2.0]], Level::Interval, Some((0.5, 2, 4)));
+        // Ratio: 1 against 3 differ by (2/4)^2 = 1/4 inside the first unit (counted in both
+        // orders). By chance, the pairs (1,3), (1,5), (3,5) are at distances 1/4, 4/9, 1/16
+        // with weights n_c * n_k = 1, 2, 2, in both orders, over n - 1 = 3.
+        check(
+            &[vec![1.0, 3.0], vec![5.0, 5.0]],
+            Level::Ratio,
+            Some((1.0 - (2.0 * 0.25) / (2.0 * (0.25 + 2.0 * 4.0 / 9.0 + 2.0 / 16.0) / 3.0), 2, 4)),
+        );
+    }
+
+    #[test]
+    fn undefined_or_rejected_inputs_are_none() {
+        check(&[], Level::Nominal, None);
+        check(&[vec![], vec![]], Level::Nominal, None);
+        // Units seen once only say nothing about agreement.
         check(&[vec![1.0], vec![2.0], vec![3.0]], Level::Ordinal, None);
         // No variation at all: expected disagreement 0.
         for level in [Level::Nominal, Level::Ordinal, Level::Interval, Level::Ratio] {
@@ -310,8 +322,6 @@ mod tests {
         }
         // Ratio data have an absolute zero: negative values are meaningless.
         check(&[vec![-1.0, 1.0], vec![2.0, 2.0]], Level::Ratio, None);
-        // At interval level: observed 2*1*1*4 = 8, expected 2*(4 + 18 + 2)/3 = 16.
-        check(&[vec![-1.0, 1.0], vec![2.0, 2.0]], Level::Interval, Some((0.5, 2, 4)));
         assert_eq!(krippendorff_alpha_labels(&[vec!["a".into()], vec![]]), None);
     }
 

@@ -272,7 +272,9 @@ mod tests {
             let quantiles: Vec<f64> = serde_json::from_value(row["quantiles"].clone()).unwrap();
             for (probability, expected) in probabilities.iter().zip(quantiles) {
                 let got = student_t_quantile(*probability, degrees_of_freedom).unwrap();
-                worst = worst.max((got - expected).abs());
+                if degrees_of_freedom <= 200.0 && degrees_of_freedom.fract() == 0.0 {
+                    worst = worst.max((got - expected).abs());
+                }
                 assert!(
                     (got - expected).abs() <= 1e-8,
                     "t.ppf({probability}, {degrees_of_freedom}): {got} != scipy's {expected}"
@@ -282,7 +284,7 @@ mod tests {
                 assert!((mirrored + expected).abs() <= 1e-8, "{mirrored} != -{expected}");
             }
         }
-        eprintln!("largest difference from scipy: {worst:e}");
+        eprintln!("largest difference from scipy for df 1..200: {worst:e}");
     }
 
     #[test]
