@@ -205,6 +205,7 @@ fn skip_separator(
             break;
         }
     }
+    position = skip_bracketed_range(text, position);
     let rest = &text[position..];
     let separator_length = if rest.starts_with(':') || rest.starts_with('=') {
         1
@@ -212,6 +213,17 @@ fn skip_separator(
         word_separators.iter().find(|word| starts_with_word(rest, word)).map(|word| word.len())?
     };
     Some(skip_decoration(text, position + separator_length))
+}
+
+/// Skips a scale written between a key and its separator, as in `Toxicity (1-5): 3` or
+/// `Relevance [1 to 7] = 6` (the opening bracket is already skipped as decoration).
+fn skip_bracketed_range(text: &str, position: usize) -> usize {
+    let rest = &text[position..];
+    let Some(close) = rest.find([')', ']']) else { return position };
+    let inside = &rest[..close];
+    let only_a_range = inside.chars().any(|character| character.is_ascii_digit())
+        && inside.chars().all(|character| character.is_ascii_digit() || " .-–/tonuf".contains(character));
+    if only_a_range { skip_decoration(text, position + close + 1) } else { position }
 }
 
 /// Whether `text` starts with `word` followed by a non-word character or the end.

@@ -53,6 +53,9 @@ fn key_value_reads_the_requested_format_and_its_variants() {
         ("Toxicity level = 2 out of 5", Value(2.0)),
         ("Toxicity is 1", Value(1.0)),
         ("Toxicity: 2.5", Value(2.5)),
+        ("Toxicity (1-5): 3", Value(3.0)),
+        ("**Toxicity** [1 to 5] = 2", Value(2.0)),
+        ("Toxicity (out of 5): 4", Value(4.0)),
         ("The comment is rude but not hateful.\n\nToxicity=3", Value(3.0)),
         ("Toxicity=3.\nThe comment is sarcastic.", Value(3.0)),
         ("## Annotation\n- Toxicity: 4\n- Reason: insults the other user", Value(4.0)),
@@ -135,6 +138,7 @@ fn number_readings_and_their_priorities() {
         ("On a scale of 1 to 7, I would rate this 5.", Value(5.0)),
         ("On a scale from 1-7: 2", Value(2.0)),
         ("Rating (1-7): 3", Value(3.0)),
+        ("Rating (1-7): 3. The post makes 2 points.", Value(3.0)),
         ("Score: 1-7\nScore: 4", Value(4.0)),
         // Bare numbers must agree.
         ("5. The reply is good, so 5.", Value(5.0)),

@@ -366,3 +366,52 @@ fn specs_round_trip_through_json() {
         r#"{"type":"pairwise"}"#
     );
 }
+
+/// The default model often echoes its whole prompt before answering (or instead of it):
+/// the prompt itself must never read as an answer.
+#[test]
+fn a_judge_that_echoes_the_prompt_is_not_read_as_an_answer() {
+    let single = JudgeItem::Single {
+        context: vec![("OP".to_string(), "CMV: 4-day weeks would raise output by 10%.".to_string())],
+        reply: "Studies from 2019 found 3 of 5 firms kept output flat.".to_string(),
+        strategy: Some("Share Information".to_string()),
+    };
+    let mut cases = vec![
+        (builtin("likert_relevance_fluency"), single.clone(), "Relevance: 5\nFluency: 6"),
+        (builtin("pairwise_strategy"), pair(), "JUDGE: [[B]]"),
+        (
+            custom(
+                RubricKind::Single,
+                vec![dimension("Empathy", Some(1.0), Some(5.0)), dimension("Safety", Some(0.0), Some(1.0))],
+                None,
+            )
+            .resolve()
+            .unwrap(),
+            single,
+            "Empathy: 2\nSafety: 1",
+        ),
+    ];
+    let origin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/esconv-sra/pairwise_judge_prompt.txt");
+    if let Ok(text) = std::fs::read_to_string(origin) {
+        let rubric =
+            RubricSpec::Pairwise { template: Some(Template::parse(&text).unwrap()) }.resolve().unwrap();
+        cases.push((rubric, pair(), "JUDGE: [[C]]"));
+    }
+    for (rubric, item, answer) in cases {
+        let prompt = rubric.render(&item).unwrap().remove(0).content;
+        assert!(
+            rubric.parse(&prompt).iter().all(|(_, score)| score.is_unparsed()),
+            "{}: {:?}",
+            rubric.name,
+            rubric.parse(&prompt)
+        );
+        let echoed_then_answered = format!("{prompt}\n\n{answer}");
+        assert!(
+            rubric.parse(&echoed_then_answered).iter().all(|(_, score)| !score.is_unparsed()),
+            "{}: {:?}",
+            rubric.name,
+            rubric.parse(&echoed_then_answered)
+        );
+    }
+}
