@@ -13,6 +13,7 @@ pub mod parquet_export;
 pub mod personachat;
 mod report;
 pub mod sdf;
+pub mod table;
 pub mod trl;
 
 use agora_core::Conversation;

@@ -22,7 +22,10 @@ use crate::build::ChatExample;
 /// Rows buffered before a record batch is written.
 pub const BATCH_ROWS: usize = 8_192;
 
-fn parquet_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static) -> CorpusError {
+pub(crate) fn parquet_error(
+    path: &Path,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> CorpusError {
     CorpusError::io(path, std::io::Error::other(error))
 }
 
@@ -33,23 +36,23 @@ fn open_writer(path: &Path, schema: SchemaRef) -> Result<ArrowWriter<File>, Corp
 }
 
 /// Builders of one table's columns, emptied into arrays at every batch.
-trait Columns {
+pub(crate) trait Columns {
     fn finish(&mut self) -> Vec<ArrayRef>;
 }
 
 /// The part both writers share: a Parquet file receiving record batches of at most
-/// [`BATCH_ROWS`] buffered rows.
-struct Batched<C: Columns> {
-    path: PathBuf,
+/// [`BATCH_ROWS`] buffered rows. Shared with [`crate::table`].
+pub(crate) struct Batched<C: Columns> {
+    pub(crate) path: PathBuf,
     writer: ArrowWriter<File>,
     schema: SchemaRef,
-    columns: C,
+    pub(crate) columns: C,
     buffered: usize,
-    rows: u64,
+    pub(crate) rows: u64,
 }
 
 impl<C: Columns> Batched<C> {
-    fn open(path: &Path, schema: SchemaRef, columns: C) -> Result<Batched<C>, CorpusError> {
+    pub(crate) fn open(path: &Path, schema: SchemaRef, columns: C) -> Result<Batched<C>, CorpusError> {
         Ok(Batched {
             path: path.to_path_buf(),
             writer: open_writer(path, schema.clone())?,
@@ -61,7 +64,7 @@ impl<C: Columns> Batched<C> {
     }
 
     /// Counts a row appended to the columns, writing a batch when enough are buffered.
-    fn row_added(&mut self) -> Result<(), CorpusError> {
+    pub(crate) fn row_added(&mut self) -> Result<(), CorpusError> {
         self.buffered += 1;
         if self.buffered >= BATCH_ROWS { self.flush() } else { Ok(()) }
     }
@@ -79,7 +82,7 @@ impl<C: Columns> Batched<C> {
     }
 
     /// Writes the buffered rows and the file footer; returns the number of rows.
-    fn finish(mut self) -> Result<u64, CorpusError> {
+    pub(crate) fn finish(mut self) -> Result<u64, CorpusError> {
         self.flush()?;
         self.writer.close().map_err(|error| parquet_error(&self.path, error))?;
         Ok(self.rows)

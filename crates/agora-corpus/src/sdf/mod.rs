@@ -12,9 +12,12 @@
 //! - [`import_conversations`]: discussion output JSON -> [`agora_core::Conversation`].
 //! - [`read_annotations`] / [`read_annotations_for`]: annotation output JSON ->
 //!   [`agora_core::Annotation`] with scores parsed from replies like `Toxicity=3`.
+//! - [`discussion_json`] / [`annotation_json`]: the way back, agora's discussions and
+//!   annotations as the framework's late-2025 output JSON.
 
 mod annotations;
 mod conversations;
+mod export;
 mod inputs;
 mod yaml;
 
@@ -26,6 +29,10 @@ use crate::{CorpusError, Location, input};
 
 pub use annotations::{read_annotations, read_annotations_for};
 pub use conversations::import_conversations;
+pub use export::{
+    annotation_json, annotation_json_per_annotator, discussion_json, write_annotations, write_discussion,
+    write_json,
+};
 pub use inputs::{
     NamedText, SdfConversationConfig, TurnManagerConfig, read_conversation_config, read_personas, read_texts,
 };
