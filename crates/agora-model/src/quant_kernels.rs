@@ -322,14 +322,16 @@ impl PackedMatrix {
         // Per group, per activation row, the group's eight outputs.
         let mut by_group = vec![0f32; groups * count * GROUP_ROWS];
         let group_bytes = self.group_bytes();
-        by_group.par_chunks_mut(groups_per_task * count * GROUP_ROWS).enumerate().for_each(|(task, outputs)| {
-            for (offset, outputs) in outputs.chunks_exact_mut(count * GROUP_ROWS).enumerate() {
-                let group = task * groups_per_task + offset;
-                let weights =
-                    self.interleaved.get(group * group_bytes..(group + 1) * group_bytes).unwrap_or(&[]);
-                group_products(self.kind, level, weights, &activations, outputs);
-            }
-        });
+        by_group.par_chunks_mut(groups_per_task * count * GROUP_ROWS).enumerate().for_each(
+            |(task, outputs)| {
+                for (offset, outputs) in outputs.chunks_exact_mut(count * GROUP_ROWS).enumerate() {
+                    let group = task * groups_per_task + offset;
+                    let weights =
+                        self.interleaved.get(group * group_bytes..(group + 1) * group_bytes).unwrap_or(&[]);
+                    group_products(self.kind, level, weights, &activations, outputs);
+                }
+            },
+        );
         if count == 1 {
             by_group.truncate(self.rows);
             return Ok(by_group);
@@ -340,7 +342,9 @@ impl PackedMatrix {
             let width = GROUP_ROWS.min(self.rows - first);
             for (input_row, values) in by_row.chunks_exact(GROUP_ROWS).enumerate() {
                 let start = input_row * self.rows + first;
-                if let (Some(target), Some(source)) = (output.get_mut(start..start + width), values.get(..width)) {
+                if let (Some(target), Some(source)) =
+                    (output.get_mut(start..start + width), values.get(..width))
+                {
                     target.copy_from_slice(source);
                 }
             }
@@ -706,8 +710,9 @@ mod x86 {
             for index in 0..R {
                 let at = block * BLOCK + 4 * chunk;
                 // SAFETY: `rows_hold` checked that every row has this block.
-                let (first, second) =
-                    unsafe { (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16)) };
+                let (first, second) = unsafe {
+                    (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16))
+                };
                 sums[index] = _mm256_dpbusd_epi32(sums[index], low, first);
                 sums[index] = _mm256_dpbusd_epi32(sums[index], high, second);
             }
@@ -726,9 +731,11 @@ mod x86 {
             for index in 0..R {
                 let at = block * BLOCK + 4 * chunk;
                 // SAFETY: `rows_hold` checked that every row has this block.
-                let (first, second) =
-                    unsafe { (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16)) };
-                let both = _mm256_add_epi16(_mm256_maddubs_epi16(low, first), _mm256_maddubs_epi16(high, second));
+                let (first, second) = unsafe {
+                    (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16))
+                };
+                let both =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(low, first), _mm256_maddubs_epi16(high, second));
                 pairs[index] = _mm256_add_epi16(pairs[index], both);
             }
         }
@@ -895,8 +902,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_f32_reference() {
         for kind in [PackedType::Q8_0, PackedType::Q4_0, PackedType::Q4_1] {
-            for (out_features, columns, count) in
-                [
+            for (out_features, columns, count) in [
                 (1, 32, 1),
                 (7, 64, 1),
                 (33, 96, 3),
@@ -905,8 +911,7 @@ mod tests {
                 (130, 32, 2),
                 (17, 64, 7),
                 (24, 128, 11),
-            ]
-            {
+            ] {
                 check(kind, out_features, columns, count, (out_features * 31 + columns + count) as u64);
             }
         }
