@@ -50,7 +50,7 @@ fn main() -> Result<(), String> {
                         PackedType::Q4_0 => GgmlDType::Q4_0,
                         PackedType::Q4_1 => GgmlDType::Q4_1,
                     };
-                    let storage = QStorage::from_data(Cow::Borrowed(matrix.data()), &Device::Cpu, dtype)
+                    let storage = QStorage::from_data(Cow::Owned(matrix.gguf_bytes()), &Device::Cpu, dtype)
                         .map_err(|error| error.to_string())?;
                     let qtensor =
                         QTensor::new(storage, (rows, columns)).map_err(|error| error.to_string())?;

@@ -26,9 +26,6 @@ use rayon::prelude::*;
 /// Values per quantization block (all three formats).
 pub const BLOCK: usize = 32;
 
-/// Activation rows multiplied with one loaded weight block.
-pub const ROWS_PER_PASS: usize = 4;
-
 /// The GGUF block formats with a kernel here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedType {
@@ -101,14 +98,27 @@ impl SimdLevel {
     }
 }
 
-/// A quantized `[rows, columns]` matrix in GGUF's block layout: each row is
-/// `columns / 32` blocks, rows one after the other.
+/// Weight rows interleaved in one group: the SIMD kernels compute this many output
+/// values (one per 32-bit lane of a 256-bit register) per activation row at once.
+pub const GROUP_ROWS: usize = 8;
+
+/// A quantized `[rows, columns]` matrix. GGUF stores each row as `columns / 32` blocks,
+/// rows one after the other; here the rows are interleaved in groups of [`GROUP_ROWS`]
+/// (the last group padded with zero rows) so that one 256-bit load holds four
+/// consecutive bytes of each of eight rows: one `vpdpbusd` against four activation
+/// bytes broadcast then yields eight partial dot products, with no horizontal sums.
+///
+/// Per group and block, in this order: the eight f16 scales (16 bytes), for Q4_1 the
+/// eight f16 minimums (16 bytes), then the quants in 32-byte chunks; chunk `k` holds
+/// bytes `4k..4k + 4` of the block's quants for each of the eight rows (8 chunks for
+/// Q8_0, 4 of nibble bytes for Q4_0 and Q4_1). A group's blocks are consecutive, so the
+/// group-block takes exactly eight GGUF blocks' bytes.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
     kind: PackedType,
     rows: usize,
     columns: usize,
-    data: Vec<u8>,
+    interleaved: Vec<u8>,
 }
 
 impl PackedMatrix {
@@ -125,7 +135,22 @@ impl PackedMatrix {
                 data.len()
             ));
         }
-        Ok(PackedMatrix { kind, rows, columns, data })
+        let mut matrix = PackedMatrix { kind, rows, columns, interleaved: Vec::new() };
+        let block_bytes = kind.block_bytes();
+        let blocks = columns / BLOCK;
+        matrix.interleaved = vec![0u8; rows.div_ceil(GROUP_ROWS) * blocks * GROUP_ROWS * block_bytes];
+        for (row, gguf_row) in data.chunks_exact(blocks * block_bytes).enumerate() {
+            for (block, gguf_block) in gguf_row.chunks_exact(block_bytes).enumerate() {
+                for (source, target) in matrix.block_byte_places(row, block) {
+                    if let (Some(&byte), Some(slot)) =
+                        (gguf_block.get(source), matrix.interleaved.get_mut(target))
+                    {
+                        *slot = byte;
+                    }
+                }
+            }
+        }
+        Ok(matrix)
     }
 
     pub fn kind(&self) -> PackedType {
@@ -140,17 +165,66 @@ impl PackedMatrix {
         self.columns
     }
 
-    pub fn data(&self) -> &[u8] {
-        &self.data
+    fn blocks_per_row(&self) -> usize {
+        self.columns / BLOCK
     }
 
-    fn row_bytes(&self) -> usize {
-        self.columns / BLOCK * self.kind.block_bytes()
+    /// Bytes of one group of [`GROUP_ROWS`] interleaved rows.
+    fn group_bytes(&self) -> usize {
+        self.blocks_per_row() * GROUP_ROWS * self.kind.block_bytes()
     }
 
-    fn row(&self, row: usize) -> &[u8] {
-        let bytes = self.row_bytes();
-        self.data.get(row * bytes..(row + 1) * bytes).unwrap_or(&[])
+    /// Bytes before the quants in a group-block (the scales, and the Q4_1 minimums).
+    fn header_bytes(kind: PackedType) -> usize {
+        match kind {
+            PackedType::Q4_1 => 4 * GROUP_ROWS,
+            _ => 2 * GROUP_ROWS,
+        }
+    }
+
+    /// For each byte of GGUF block `block` of row `row`: (its offset in the GGUF block,
+    /// its offset in the interleaved bytes). The one definition of the layout.
+    fn block_byte_places(&self, row: usize, block: usize) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let kind = self.kind;
+        let lane = row % GROUP_ROWS;
+        let base = ((row / GROUP_ROWS) * self.blocks_per_row() + block) * GROUP_ROWS * kind.block_bytes();
+        let header = PackedMatrix::header_bytes(kind);
+        let (first_quant, quant_bytes) = match kind {
+            PackedType::Q8_0 => (2, BLOCK),
+            PackedType::Q4_0 => (2, BLOCK / 2),
+            PackedType::Q4_1 => (4, BLOCK / 2),
+        };
+        let scale = (0..2).map(move |byte| (byte, base + 2 * lane + byte));
+        let minimum = (0..if kind == PackedType::Q4_1 { 2 } else { 0 })
+            .map(move |byte| (2 + byte, base + 2 * GROUP_ROWS + 2 * lane + byte));
+        let quants = (0..quant_bytes).map(move |index| {
+            let (chunk, within) = (index / 4, index % 4);
+            (first_quant + index, base + header + chunk * 4 * GROUP_ROWS + lane * 4 + within)
+        });
+        scale.chain(minimum).chain(quants)
+    }
+
+    /// GGUF block `block` of row `row` (its first `block_bytes` bytes are meaningful).
+    fn gguf_block(&self, row: usize, block: usize) -> [u8; 2 + BLOCK] {
+        let mut bytes = [0u8; 2 + BLOCK];
+        for (target, source) in self.block_byte_places(row, block) {
+            if let (Some(slot), Some(&byte)) = (bytes.get_mut(target), self.interleaved.get(source)) {
+                *slot = byte;
+            }
+        }
+        bytes
+    }
+
+    /// The matrix in GGUF's row-major block layout (what [`PackedMatrix::new`] took).
+    pub fn gguf_bytes(&self) -> Vec<u8> {
+        let block_bytes = self.kind.block_bytes();
+        let mut data = Vec::with_capacity(self.rows * self.blocks_per_row() * block_bytes);
+        for row in 0..self.rows {
+            for block in 0..self.blocks_per_row() {
+                data.extend_from_slice(&self.gguf_block(row, block)[..block_bytes]);
+            }
+        }
+        data
     }
 
     /// The rows of `parts` one after the other (all of one type and width): the q, k and
@@ -167,9 +241,9 @@ impl PackedMatrix {
                 other.kind, other.columns, first.kind, first.columns
             ));
         }
-        let mut data = Vec::with_capacity(parts.iter().map(|part| part.data.len()).sum());
+        let mut data = Vec::new();
         for part in parts {
-            data.extend_from_slice(&part.data);
+            data.extend_from_slice(&part.gguf_bytes());
         }
         let rows = parts.iter().map(|part| part.rows).sum();
         PackedMatrix::new(first.kind, rows, first.columns, data)
@@ -178,9 +252,8 @@ impl PackedMatrix {
     /// Row `row` as f32 into `output` (`columns` values).
     pub fn dequantize_row(&self, row: usize, output: &mut [f32]) {
         let kind = self.kind;
-        for (block, values) in
-            self.row(row).chunks_exact(kind.block_bytes()).zip(output.chunks_exact_mut(BLOCK))
-        {
+        for (block_index, values) in output.chunks_exact_mut(BLOCK).take(self.blocks_per_row()).enumerate() {
+            let block = self.gguf_block(row, block_index);
             let scale = f16_bits_to_f32(u16::from_le_bytes([block[0], block[1]]));
             match kind {
                 PackedType::Q8_0 => {
@@ -235,31 +308,102 @@ impl PackedMatrix {
         }
         let count = input.len() / self.columns;
         let level = if SimdLevel::available().contains(&level) { level } else { SimdLevel::Portable };
-        let activations = QuantizedRows::new(input, count, self.columns);
         if count == 0 || self.rows == 0 {
             return Ok(Vec::new());
         }
+        let activations = QuantizedRows::new(input, count, self.columns);
+        if level == SimdLevel::Portable {
+            return Ok(self.matmul_portable(&activations, count));
+        }
+        let groups = self.rows.div_ceil(GROUP_ROWS);
         // Enough tasks for rayon to balance, few enough that each amortises its start.
         let threads = rayon::current_num_threads().max(1);
-        let rows_per_task = self.rows.div_ceil(threads * 8).max(8);
-        let mut by_weight_row = vec![0f32; self.rows * count];
-        by_weight_row.par_chunks_mut(rows_per_task * count).enumerate().for_each(|(task, outputs)| {
-            let first_row = task * rows_per_task;
-            for (offset, outputs) in outputs.chunks_exact_mut(count).enumerate() {
-                let weights = self.row(first_row + offset);
-                dot_one_weight_row(self.kind, level, weights, &activations, outputs);
-            }
-        });
+        let groups_per_task = if threads == 1 { groups } else { groups.div_ceil(threads * 4).max(1) };
+        // Per group, per activation row, the group's eight outputs.
+        let mut by_group = vec![0f32; groups * count * GROUP_ROWS];
+        let group_bytes = self.group_bytes();
+        by_group.par_chunks_mut(groups_per_task * count * GROUP_ROWS).enumerate().for_each(
+            |(task, outputs)| {
+                for (offset, outputs) in outputs.chunks_exact_mut(count * GROUP_ROWS).enumerate() {
+                    let group = task * groups_per_task + offset;
+                    let weights =
+                        self.interleaved.get(group * group_bytes..(group + 1) * group_bytes).unwrap_or(&[]);
+                    group_products(self.kind, level, weights, &activations, outputs);
+                }
+            },
+        );
         if count == 1 {
-            return Ok(by_weight_row);
+            by_group.truncate(self.rows);
+            return Ok(by_group);
         }
         let mut output = vec![0f32; count * self.rows];
-        for (weight_row, values) in by_weight_row.chunks_exact(count).enumerate() {
-            for (input_row, &value) in values.iter().enumerate() {
-                output[input_row * self.rows + weight_row] = value;
+        for (group, by_row) in by_group.chunks_exact(count * GROUP_ROWS).enumerate() {
+            let first = group * GROUP_ROWS;
+            let width = GROUP_ROWS.min(self.rows - first);
+            for (input_row, values) in by_row.chunks_exact(GROUP_ROWS).enumerate() {
+                let start = input_row * self.rows + first;
+                if let (Some(target), Some(source)) =
+                    (output.get_mut(start..start + width), values.get(..width))
+                {
+                    target.copy_from_slice(source);
+                }
             }
         }
         Ok(output)
+    }
+
+    /// The reference: integer block sums, then f32 scaling, in plain Rust, one weight
+    /// row at a time from its GGUF blocks.
+    fn matmul_portable(&self, activations: &QuantizedRows, count: usize) -> Vec<f32> {
+        let kind = self.kind;
+        let mut output = vec![0f32; count * self.rows];
+        for row in 0..self.rows {
+            for block_index in 0..self.blocks_per_row() {
+                let block = self.gguf_block(row, block_index);
+                let scale = f16_bits_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                for input_row in 0..count {
+                    let view = activations.row(input_row);
+                    let Some(quants) = view.values.get(block_index * BLOCK..(block_index + 1) * BLOCK) else {
+                        continue;
+                    };
+                    let activation_scale = view.scales.get(block_index).copied().unwrap_or(0.0);
+                    let scaled_sum = view.scaled_sums.get(block_index).copied().unwrap_or(0.0);
+                    let product = match kind {
+                        PackedType::Q8_0 => {
+                            let dot: i32 = block[2..]
+                                .iter()
+                                .zip(quants)
+                                .map(|(&w, &a)| i32::from(w as i8) * i32::from(a))
+                                .sum();
+                            scale * activation_scale * dot as f32
+                        }
+                        PackedType::Q4_0 | PackedType::Q4_1 => {
+                            let (offset, nibbles) = match kind {
+                                PackedType::Q4_1 => {
+                                    (f16_bits_to_f32(u16::from_le_bytes([block[2], block[3]])), &block[4..])
+                                }
+                                _ => (-8.0 * scale, &block[2..]),
+                            };
+                            let (low, high) = quants.split_at(BLOCK / 2);
+                            let dot: i32 = nibbles
+                                .iter()
+                                .take(BLOCK / 2)
+                                .zip(low.iter().zip(high))
+                                .map(|(&byte, (&a_low, &a_high))| {
+                                    i32::from(byte & 0x0F) * i32::from(a_low)
+                                        + i32::from(byte >> 4) * i32::from(a_high)
+                                })
+                                .sum();
+                            scale * activation_scale * dot as f32 + offset * scaled_sum
+                        }
+                    };
+                    if let Some(slot) = output.get_mut(input_row * self.rows + row) {
+                        *slot += product;
+                    }
+                }
+            }
+        }
+        output
     }
 
     /// `xs [.., columns] · selfᵀ` as a candle tensor `[.., rows]` (no gradient: quantized
@@ -318,6 +462,8 @@ struct QuantizedRows {
     scales: Vec<f32>,
     /// Per block: `scale * Σ q`, for the offsets of Q4_0 and Q4_1.
     scaled_sums: Vec<f32>,
+    /// Per block: `-128 * Σ q`, the correction when Q8_0 weights are read unsigned.
+    offset_sums: Vec<i32>,
     /// 32 per block, blocks of a row one after the other.
     values: Vec<i8>,
 }
@@ -327,6 +473,7 @@ impl QuantizedRows {
         let blocks = count * (columns / BLOCK);
         let mut scales = Vec::with_capacity(blocks);
         let mut scaled_sums = Vec::with_capacity(blocks);
+        let mut offset_sums = Vec::with_capacity(blocks);
         let mut values = vec![0i8; blocks * BLOCK];
         for (block, quants) in input.chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK)) {
             let largest = block.iter().fold(0f32, |largest, value| largest.max(value.abs()));
@@ -340,19 +487,21 @@ impl QuantizedRows {
             }
             scales.push(scale);
             scaled_sums.push(scale * sum as f32);
+            offset_sums.push(-128 * sum);
         }
-        QuantizedRows { blocks_per_row: columns / BLOCK, scales, scaled_sums, values }
+        QuantizedRows { blocks_per_row: columns / BLOCK, scales, scaled_sums, offset_sums, values }
     }
 
-    /// Row `row`'s values, scales and scaled sums.
-    fn row(&self, row: usize) -> (&[i8], &[f32], &[f32]) {
+    /// Row `row` as the kernels read it.
+    fn row(&self, row: usize) -> RowView<'_> {
         let blocks = self.blocks_per_row;
         let range = row * blocks..(row + 1) * blocks;
-        (
-            self.values.get(range.start * BLOCK..range.end * BLOCK).unwrap_or(&[]),
-            self.scales.get(range.clone()).unwrap_or(&[]),
-            self.scaled_sums.get(range).unwrap_or(&[]),
-        )
+        RowView {
+            values: self.values.get(range.start * BLOCK..range.end * BLOCK).unwrap_or(&[]),
+            scales: self.scales.get(range.clone()).unwrap_or(&[]),
+            scaled_sums: self.scaled_sums.get(range.clone()).unwrap_or(&[]),
+            offset_sums: self.offset_sums.get(range).unwrap_or(&[]),
+        }
     }
 }
 
@@ -362,97 +511,65 @@ struct RowView<'a> {
     values: &'a [i8],
     scales: &'a [f32],
     scaled_sums: &'a [f32],
+    offset_sums: &'a [i32],
 }
 
-/// The dot products of one weight row with every activation row, `ROWS_PER_PASS` at a
-/// time.
-fn dot_one_weight_row(
+/// Activation rows multiplied with one loaded weight chunk (the register tile is
+/// [`GROUP_ROWS`] weight rows x this many activation rows).
+pub const ROWS_PER_PASS: usize = 4;
+
+/// The products of one group of interleaved weight rows with every activation row,
+/// written as `[activation row][GROUP_ROWS]` into `outputs`: [`ROWS_PER_PASS`] rows
+/// at a time, then the remainder in smaller tiles.
+fn group_products(
     kind: PackedType,
     level: SimdLevel,
     weights: &[u8],
     activations: &QuantizedRows,
     outputs: &mut [f32],
 ) {
-    let count = outputs.len();
+    let count = outputs.len() / GROUP_ROWS;
     let mut first = 0;
     while first < count {
-        let pass = (count - first).min(ROWS_PER_PASS);
-        let outputs = &mut outputs[first..first + pass];
-        let row = |index: usize| {
-            let (values, scales, scaled_sums) = activations.row(first + index.min(pass - 1));
-            RowView { values, scales, scaled_sums }
+        let left = count - first;
+        let pass = if left >= ROWS_PER_PASS {
+            ROWS_PER_PASS
+        } else if left >= 2 {
+            2
+        } else {
+            1
         };
+        let outputs = &mut outputs[first * GROUP_ROWS..(first + pass) * GROUP_ROWS];
+        let row = |index: usize| activations.row(first + index);
         match pass {
-            4 => dispatch::<4>(kind, level, weights, [row(0), row(1), row(2), row(3)], outputs),
-            3 => dispatch::<3>(kind, level, weights, [row(0), row(1), row(2)], outputs),
-            2 => dispatch::<2>(kind, level, weights, [row(0), row(1)], outputs),
-            _ => dispatch::<1>(kind, level, weights, [row(0)], outputs),
+            ROWS_PER_PASS => tile::<ROWS_PER_PASS>(kind, level, weights, std::array::from_fn(row), outputs),
+            2 => tile::<2>(kind, level, weights, [row(0), row(1)], outputs),
+            _ => tile::<1>(kind, level, weights, [row(0)], outputs),
         }
         first += pass;
     }
 }
 
-fn dispatch<const R: usize>(
+fn tile<const R: usize>(
     kind: PackedType,
     level: SimdLevel,
     weights: &[u8],
     rows: [RowView; R],
     outputs: &mut [f32],
 ) {
-    let sums: [f32; R] = match level {
+    let sums: [[f32; GROUP_ROWS]; R] = match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul` only passes a SIMD level that `SimdLevel::available` detected
         // on this CPU, so the functions compiled for those features may run.
-        SimdLevel::Avx2 => unsafe { x86::dot_avx2::<R>(kind, weights, &rows) },
+        SimdLevel::Avx2 => unsafe { x86::group_avx2::<R>(kind, weights, &rows) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, AVX-512 VNNI and VL (and AVX2) were detected.
-        SimdLevel::Avx512Vnni => unsafe { x86::dot_vnni::<R>(kind, weights, &rows) },
-        _ => portable_dot::<R>(kind, weights, &rows),
+        SimdLevel::Avx512Vnni => unsafe { x86::group_vnni::<R>(kind, weights, &rows) },
+        _ => [[0f32; GROUP_ROWS]; R],
     };
-    for (output, sum) in outputs.iter_mut().zip(sums) {
-        *output = sum;
+    for (output, sum) in outputs.chunks_exact_mut(GROUP_ROWS).zip(sums) {
+        output.copy_from_slice(&sum);
     }
-}
-
-/// The reference kernel: integer block sums, then f32 scaling, in plain Rust.
-fn portable_dot<const R: usize>(kind: PackedType, weights: &[u8], rows: &[RowView; R]) -> [f32; R] {
-    let mut totals = [0f32; R];
-    for (block_index, block) in weights.chunks_exact(kind.block_bytes()).enumerate() {
-        let scale = f16_bits_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        for (total, row) in totals.iter_mut().zip(rows) {
-            let Some(quants) = row.values.get(block_index * BLOCK..(block_index + 1) * BLOCK) else {
-                continue;
-            };
-            let activation_scale = row.scales.get(block_index).copied().unwrap_or(0.0);
-            let scaled_sum = row.scaled_sums.get(block_index).copied().unwrap_or(0.0);
-            match kind {
-                PackedType::Q8_0 => {
-                    let dot: i32 =
-                        block[2..].iter().zip(quants).map(|(&w, &a)| i32::from(w as i8) * i32::from(a)).sum();
-                    *total += scale * activation_scale * dot as f32;
-                }
-                PackedType::Q4_0 | PackedType::Q4_1 => {
-                    let (offset, nibbles) = match kind {
-                        PackedType::Q4_1 => {
-                            (f16_bits_to_f32(u16::from_le_bytes([block[2], block[3]])), &block[4..])
-                        }
-                        _ => (-8.0 * scale, &block[2..]),
-                    };
-                    let (low, high) = quants.split_at(BLOCK / 2);
-                    let dot: i32 = nibbles
-                        .iter()
-                        .zip(low.iter().zip(high))
-                        .map(|(&byte, (&a_low, &a_high))| {
-                            i32::from(byte & 0x0F) * i32::from(a_low)
-                                + i32::from(byte >> 4) * i32::from(a_high)
-                        })
-                        .sum();
-                    *total += scale * activation_scale * dot as f32 + offset * scaled_sum;
-                }
-            }
-        }
-    }
-    totals
 }
 
 /// IEEE half precision bits to f32 (GGUF stores block scales as f16).
@@ -475,17 +592,20 @@ pub fn f16_bits_to_f32(bits: u16) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! The AVX2 and AVX-512 VNNI kernels. Both compute, per 32-value block, eight i32
-    //! partial sums of byte products, convert them to f32 and multiply-add them with the
-    //! product of the two block scales; they differ only in how the byte products are
-    //! summed (`vpmaddubsw` + `vpmaddwd`, or one `vpdpbusd`).
+    //! The AVX2 and AVX-512 VNNI kernels over one group of eight interleaved weight rows
+    //! and a tile of activation rows. Each 256-bit weight chunk holds four bytes of each
+    //! of the eight rows; four activation bytes broadcast to every lane make one byte
+    //! dot product yield eight partial sums, one per weight row, so a block ends in one
+    //! i32 vector per activation row, converted to f32 and multiply-added with the
+    //! eight weight scales times the activation's scale. The weight chunk is loaded once
+    //! per tile and reused for each activation row while it sits in a register.
 
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, PackedType, RowView};
+    use super::{BLOCK, GROUP_ROWS, PackedMatrix, PackedType, RowView};
 
-    /// 32 bytes from the start of `bytes` (the callers pass exact 32-byte blocks; a
-    /// shorter slice reads as zeros rather than out of bounds).
+    /// 32 bytes from the start of `bytes` (a shorter slice reads as zeros rather than
+    /// out of bounds).
     #[inline]
     #[target_feature(enable = "avx2")]
     fn load_32(bytes: &[u8]) -> __m256i {
@@ -496,124 +616,186 @@ mod x86 {
         }
     }
 
+    /// Eight f16 values from the start of `bytes`, as f32 (zeros when shorter).
     #[inline]
-    #[target_feature(enable = "avx2")]
-    fn load_16(bytes: &[u8]) -> __m128i {
+    #[target_feature(enable = "avx2,f16c")]
+    fn load_8_halves(bytes: &[u8]) -> __m256 {
         match bytes.first_chunk::<16>() {
             // SAFETY: the array is 16 readable bytes; `loadu` has no alignment requirement.
-            Some(array) => unsafe { _mm_loadu_si128(array.as_ptr().cast()) },
-            None => _mm_setzero_si128(),
+            Some(array) => _mm256_cvtph_ps(unsafe { _mm_loadu_si128(array.as_ptr().cast()) }),
+            None => _mm256_setzero_ps(),
         }
     }
 
-    #[inline]
-    fn as_bytes(values: &[i8]) -> &[u8] {
-        // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is
-        // valid for both; the slice keeps the borrow's lifetime.
-        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    fn f16_to_f32(low: u8, high: u8) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([low, high])))))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn horizontal_sum(values: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(values), _mm256_extractf128_ps::<1>(values));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let single = _mm_add_ss(pair, _mm_shuffle_ps::<0b01>(pair, pair));
-        _mm_cvtss_f32(single)
-    }
-
-    /// Eight i32 sums of `unsigned[i] * signed[i]` (4 adjacent products each).
+    /// Activation bytes `at..at + 4` in every 32-bit lane.
+    ///
+    /// # Safety
+    /// `at + 4 <= values.len()` (the kernels check the rows' lengths on entry).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn byte_dot_avx2(unsigned: __m256i, signed: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
+    unsafe fn broadcast_4(values: &[i8], at: usize) -> __m256i {
+        // SAFETY: the caller guarantees the four bytes are inside `values`;
+        // `read_unaligned` has no alignment requirement.
+        let word = unsafe { values.as_ptr().add(at).cast::<i32>().read_unaligned() };
+        _mm256_set1_epi32(word)
     }
 
-    // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's `rust-version`.
+    /// Whether every row holds at least `blocks` blocks (what `broadcast_4` relies on).
+    fn rows_hold<const R: usize>(rows: &[RowView; R], blocks: usize) -> bool {
+        rows.iter().all(|row| {
+            row.values.len() >= blocks * BLOCK
+                && row.scales.len() >= blocks
+                && row.scaled_sums.len() >= blocks
+                && row.offset_sums.len() >= blocks
+        })
+    }
+
+    /// Q8_0 block sums with `vpdpbusd`: the weights read as unsigned (`w + 128`, one xor
+    /// per chunk) against signed activations, each sum starting from `-128 Σ a` so the
+    /// result is the exact signed dot product.
     #[inline]
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn byte_dot_vnni(unsigned: __m256i, signed: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
+    fn q8_sums_vnni<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
+        let mut sums: [__m256i; R] = std::array::from_fn(|index| {
+            _mm256_set1_epi32(rows[index].offset_sums.get(block).copied().unwrap_or(0))
+        });
+        let flip = _mm256_set1_epi8(-128);
+        for chunk in 0..BLOCK / 4 {
+            let weights = _mm256_xor_si256(load_32(quants.get(chunk * 32..).unwrap_or(&[])), flip);
+            for index in 0..R {
+                // SAFETY: `rows_hold` checked that every row has this block.
+                let activations = unsafe { broadcast_4(rows[index].values, block * BLOCK + 4 * chunk) };
+                sums[index] = _mm256_dpbusd_epi32(sums[index], weights, activations);
+            }
+        }
+        sums
     }
 
-    /// One kernel body per SIMD level, identical but for the byte dot product (a macro,
-    /// because a `target_feature` function must be compiled once per feature set).
+    /// Q8_0 block sums with AVX2: `|w|` against `a * sign(w)` (the unsigned x signed
+    /// form `vpmaddubsw` takes), pairs summed by `vpmaddwd`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q8_sums_avx2<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
+        let mut sums = [_mm256_setzero_si256(); R];
+        let ones = _mm256_set1_epi16(1);
+        for chunk in 0..BLOCK / 4 {
+            let weights = load_32(quants.get(chunk * 32..).unwrap_or(&[]));
+            let magnitudes = _mm256_sign_epi8(weights, weights);
+            for index in 0..R {
+                // SAFETY: `rows_hold` checked that every row has this block.
+                let activations = unsafe { broadcast_4(rows[index].values, block * BLOCK + 4 * chunk) };
+                let pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(activations, weights));
+                sums[index] = _mm256_add_epi32(sums[index], _mm256_madd_epi16(pairs, ones));
+            }
+        }
+        sums
+    }
+
+    /// The low and high nibbles of a Q4 chunk: values `4k..4k + 4` and `16 + 4k..`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn nibbles(quants: &[u8], chunk: usize) -> (__m256i, __m256i) {
+        let packed = load_32(quants.get(chunk * 32..).unwrap_or(&[]));
+        let mask = _mm256_set1_epi8(0x0F);
+        (_mm256_and_si256(packed, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask))
+    }
+
+    /// Q4_0 / Q4_1 block sums of the unsigned nibbles with `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn q4_sums_vnni<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
+        let mut sums = [_mm256_setzero_si256(); R];
+        for chunk in 0..BLOCK / 8 {
+            let (low, high) = nibbles(quants, chunk);
+            for index in 0..R {
+                let at = block * BLOCK + 4 * chunk;
+                // SAFETY: `rows_hold` checked that every row has this block.
+                let (first, second) = unsafe {
+                    (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16))
+                };
+                sums[index] = _mm256_dpbusd_epi32(sums[index], low, first);
+                sums[index] = _mm256_dpbusd_epi32(sums[index], high, second);
+            }
+        }
+        sums
+    }
+
+    /// Q4_0 / Q4_1 block sums with AVX2: the byte pair sums stay in i16 for the whole
+    /// block (at most 8 x 2 x 15 x 127 = 30480), then one `vpmaddwd` widens them.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q4_sums_avx2<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
+        let mut pairs = [_mm256_setzero_si256(); R];
+        for chunk in 0..BLOCK / 8 {
+            let (low, high) = nibbles(quants, chunk);
+            for index in 0..R {
+                let at = block * BLOCK + 4 * chunk;
+                // SAFETY: `rows_hold` checked that every row has this block.
+                let (first, second) = unsafe {
+                    (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16))
+                };
+                let both =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(low, first), _mm256_maddubs_epi16(high, second));
+                pairs[index] = _mm256_add_epi16(pairs[index], both);
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        pairs.map(|pair| _mm256_madd_epi16(pair, ones))
+    }
+
+    /// One kernel per SIMD level, identical but for the block sums (a macro, because a
+    /// `target_feature` function must be compiled once per feature set).
     macro_rules! kernel {
-        ($name:ident, $features:literal, $byte_dot:ident) => {
+        ($name:ident, $features:literal, $q8_sums:ident, $q4_sums:ident) => {
             #[target_feature(enable = $features)]
             pub(super) fn $name<const R: usize>(
                 kind: PackedType,
                 weights: &[u8],
                 rows: &[RowView; R],
-            ) -> [f32; R] {
-                let mut accumulators = [_mm256_setzero_ps(); R];
-                let mut offsets = [0f32; R];
-                let low_nibbles = _mm_set1_epi8(0x0F);
-                for (block_index, block) in weights.chunks_exact(kind.block_bytes()).enumerate() {
-                    let scale = f16_to_f32(block[0], block[1]);
-                    let range = block_index * BLOCK..(block_index + 1) * BLOCK;
-                    match kind {
-                        PackedType::Q8_0 => {
-                            let quants = load_32(&block[2..]);
-                            // |w| as unsigned and a * sign(w): the same products, in the
-                            // unsigned x signed form the instructions take.
-                            let magnitudes = _mm256_sign_epi8(quants, quants);
-                            for index in 0..R {
-                                let row = &rows[index];
-                                let activations =
-                                    load_32(as_bytes(row.values.get(range.clone()).unwrap_or(&[])));
-                                let sums = $byte_dot(magnitudes, _mm256_sign_epi8(activations, quants));
-                                let both = scale * row.scales.get(block_index).copied().unwrap_or(0.0);
-                                accumulators[index] = _mm256_fmadd_ps(
-                                    _mm256_cvtepi32_ps(sums),
-                                    _mm256_set1_ps(both),
-                                    accumulators[index],
-                                );
-                            }
-                        }
-                        PackedType::Q4_0 | PackedType::Q4_1 => {
-                            let (offset, nibbles) = match kind {
-                                PackedType::Q4_1 => (f16_to_f32(block[2], block[3]), &block[4..]),
-                                _ => (-8.0 * scale, &block[2..]),
-                            };
-                            let packed = load_16(nibbles);
-                            let low = _mm_and_si128(packed, low_nibbles);
-                            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
-                            let quants = _mm256_set_m128i(high, low);
-                            for index in 0..R {
-                                let row = &rows[index];
-                                let activations =
-                                    load_32(as_bytes(row.values.get(range.clone()).unwrap_or(&[])));
-                                let sums = $byte_dot(quants, activations);
-                                let both = scale * row.scales.get(block_index).copied().unwrap_or(0.0);
-                                accumulators[index] = _mm256_fmadd_ps(
-                                    _mm256_cvtepi32_ps(sums),
-                                    _mm256_set1_ps(both),
-                                    accumulators[index],
-                                );
-                                offsets[index] +=
-                                    offset * row.scaled_sums.get(block_index).copied().unwrap_or(0.0);
-                            }
+            ) -> [[f32; GROUP_ROWS]; R] {
+                let mut outputs = [[0f32; GROUP_ROWS]; R];
+                let block_bytes = GROUP_ROWS * kind.block_bytes();
+                if !rows_hold(rows, weights.len() / block_bytes) {
+                    return outputs;
+                }
+                let header = PackedMatrix::header_bytes(kind);
+                let mut totals = [_mm256_setzero_ps(); R];
+                for (block_index, block) in weights.chunks_exact(block_bytes).enumerate() {
+                    let scales = load_8_halves(block);
+                    let quants = block.get(header..).unwrap_or(&[]);
+                    let sums = match kind {
+                        PackedType::Q8_0 => $q8_sums(quants, rows, block_index),
+                        PackedType::Q4_0 | PackedType::Q4_1 => $q4_sums(quants, rows, block_index),
+                    };
+                    for index in 0..R {
+                        let scale = rows[index].scales.get(block_index).copied().unwrap_or(0.0);
+                        let both = _mm256_mul_ps(scales, _mm256_set1_ps(scale));
+                        totals[index] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[index]), both, totals[index]);
+                    }
+                    if kind != PackedType::Q8_0 {
+                        // The constant part of every weight (`-8 d` or the minimum) times
+                        // the activation block's sum.
+                        let offsets = match kind {
+                            PackedType::Q4_1 => load_8_halves(block.get(2 * GROUP_ROWS..).unwrap_or(&[])),
+                            _ => _mm256_mul_ps(scales, _mm256_set1_ps(-8.0)),
+                        };
+                        for index in 0..R {
+                            let sum = rows[index].scaled_sums.get(block_index).copied().unwrap_or(0.0);
+                            totals[index] = _mm256_fmadd_ps(offsets, _mm256_set1_ps(sum), totals[index]);
                         }
                     }
                 }
-                let mut totals = [0f32; R];
-                for index in 0..R {
-                    totals[index] = horizontal_sum(accumulators[index]) + offsets[index];
+                for (output, total) in outputs.iter_mut().zip(totals) {
+                    // SAFETY: `output` is 8 writable f32; `storeu` has no alignment requirement.
+                    unsafe { _mm256_storeu_ps(output.as_mut_ptr(), total) };
                 }
-                totals
+                outputs
             }
         };
     }
 
-    kernel!(dot_avx2, "avx2,fma,f16c", byte_dot_avx2);
-    kernel!(dot_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", byte_dot_vnni);
+    kernel!(group_avx2, "avx2,fma,f16c", q8_sums_avx2, q4_sums_avx2);
+    kernel!(group_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q8_sums_vnni, q4_sums_vnni);
 }
 
 #[cfg(test)]
@@ -720,9 +902,16 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_f32_reference() {
         for kind in [PackedType::Q8_0, PackedType::Q4_0, PackedType::Q4_1] {
-            for (out_features, columns, count) in
-                [(1, 32, 1), (7, 64, 1), (33, 96, 3), (65, 576, 5), (9, 160, 64), (130, 32, 2)]
-            {
+            for (out_features, columns, count) in [
+                (1, 32, 1),
+                (7, 64, 1),
+                (33, 96, 3),
+                (65, 576, 5),
+                (9, 160, 64),
+                (130, 32, 2),
+                (17, 64, 7),
+                (24, 128, 11),
+            ] {
                 check(kind, out_features, columns, count, (out_features * 31 + columns + count) as u64);
             }
         }
@@ -740,6 +929,20 @@ mod tests {
             }
             assert_eq!(matrix.select_rows(&[1]).unwrap(), dense[32..].to_vec());
             assert!(matrix.select_rows(&[2]).is_err());
+        }
+    }
+
+    #[test]
+    fn interleaving_keeps_the_gguf_bytes() {
+        for kind in [PackedType::Q8_0, PackedType::Q4_0, PackedType::Q4_1] {
+            for rows in [1, 8, 13] {
+                let data = quantize(kind, &random_values(rows * 64, rows as u64));
+                let matrix = PackedMatrix::new(kind, rows, 64, data.clone()).unwrap();
+                assert_eq!(matrix.gguf_bytes(), data, "{kind:?} {rows} rows");
+                let stacked = PackedMatrix::stack_rows(&[&matrix, &matrix]).unwrap();
+                assert_eq!(stacked.rows(), 2 * rows);
+                assert_eq!(stacked.gguf_bytes(), [data.clone(), data].concat(), "{kind:?} stacked");
+            }
         }
     }
 
