@@ -47,7 +47,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Measure throughput and peak memory of agora's hot paths (CMV import, model decode, GPT-2 forward).
     Bench(BenchArgs),
-    /// Run the main job on the bundled examples: import, build and export.
+    /// Run the main job on the bundled examples: import, build, export, and a small experiment
+    /// (discussion with a moderator, annotators, a judge) on the embedded model.
     Quickstart(QuickstartArgs),
     /// Inspect, fetch and convert models.
     #[command(subcommand)]
@@ -59,6 +60,84 @@ pub enum Command {
     /// Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions,
     /// /v1/completions, /v1/models), on 127.0.0.1 unless told otherwise.
     Serve(ServeArgs),
+    /// Plan, run and export experiments described by a TOML file (see examples/experiments).
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+    /// Run the discussions of an experiment file; a stopped run resumes where it stopped.
+    Simulate(StageArgs),
+    /// Continue conversations once per support strategy, as an experiment file says (resumable).
+    Continue(StageArgs),
+    /// Label comments with LLM annotator personas, as an experiment file says (resumable).
+    Annotate(StageArgs),
+    /// Score replies with an LLM judge under a rubric, as an experiment file says (resumable).
+    Judge(StageArgs),
+    /// Summaries of an experiment: turns, empty replies, label distributions, agreement
+    /// between annotators, judge means with confidence intervals.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Expand an experiment file's personas x topics x instructions into concrete, seeded
+    /// discussion plans, and print them (JSON) without running anything.
+    Plan {
+        /// The experiment file (TOML).
+        file: PathBuf,
+        /// Also write one JSON file per discussion plan into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run every stage of an experiment file in order: discussions, continuations,
+    /// annotation, judging. Resumable.
+    Run(StageArgs),
+    /// Export an experiment's results: turns, annotations, judgements and continuations as
+    /// JSONL, CSV or Parquet tables, or the discussions as the framework's output JSON.
+    Export(ExperimentExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// The experiment file (TOML).
+    pub file: PathBuf,
+    /// The backend, overriding the file's: `native`, `native:PATH`, `openai:URL#MODEL`,
+    /// `fake:seeded`. A resumed job must use the backend it started with.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Requests in flight at once (default: the file's, else 1 for native, 8 otherwise).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Stop after this many new units (turns, labels, scores): for trying a file out, or
+    /// to interrupt a run on purpose. The next run resumes.
+    #[arg(long)]
+    pub max_units: Option<usize>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The experiment's name (its `name` field), or its file.
+    pub experiment: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentExportArgs {
+    /// The experiment's name (its `name` field), or its file.
+    pub experiment: String,
+    /// Table format, or `sdf` for the framework's discussion and annotation JSON files.
+    #[arg(long, value_enum, default_value_t = ExperimentExportFormat::Jsonl)]
+    pub format: ExperimentExportFormat,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExperimentExportFormat {
+    Jsonl,
+    Csv,
+    Parquet,
+    Sdf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +433,10 @@ pub enum BenchTarget {
     /// `agora serve` in-process under load: N chat requests one after another, then N at
     /// once; generated tokens/s each way and their ratio (batching at work).
     Serve,
+    /// Discussions without a model: orchestration overhead per turn on the fake backend
+    /// (prompts, speaker choice, the store), and N discussions at once over HTTP against
+    /// an in-process `agora serve`.
+    Simulate,
 }
 
 #[derive(Debug, Args)]
@@ -396,6 +479,9 @@ pub struct BenchArgs {
     /// forward-gpt2: tokens per sequence.
     #[arg(long, default_value_t = 256)]
     pub sequence: usize,
+    /// simulate: discussions run at once over HTTP.
+    #[arg(long, default_value_t = 32)]
+    pub discussions: usize,
     /// serve: chat requests per phase (sequential, then concurrent).
     #[arg(long, default_value_t = 64)]
     pub requests: usize,
@@ -405,8 +491,8 @@ pub struct BenchArgs {
     /// serve: the backend behind the server (`native` uses --model).
     #[arg(long, default_value = "native")]
     pub backend: BackendSpec,
-    /// serve: with a `fake:` backend, wait this long per token, like a model that cannot
-    /// batch (a check of the server's concurrency without a model).
+    /// serve, simulate: with a `fake:` backend, wait this long per token, like a model that
+    /// cannot batch (a check of concurrency without a model; simulate's default: 5).
     #[arg(long)]
     pub fake_token_delay_ms: Option<u64>,
 }
@@ -419,6 +505,10 @@ pub struct QuickstartArgs {
     /// Skip the model step (no model download): corpora, training data and exports only.
     #[arg(long)]
     pub skip_model: bool,
+    /// The backend of the example experiment: `native` (the embedded model), `native:PATH`,
+    /// `openai:URL#MODEL`, or `fake:seeded` for a dry run without a model.
+    #[arg(long, default_value = "native")]
+    pub backend: String,
     #[command(flatten)]
     pub model: ModelArgs,
 }

@@ -36,7 +36,36 @@ pub struct Unit {
     pub finished_at: String,
 }
 
+/// A job of the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub kind: String,
+    pub config: serde_json::Value,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
 impl Store {
+    /// The job `id`, when it exists.
+    pub fn job(&self, id: &str) -> Result<Option<JobInfo>, StoreError> {
+        let row: Option<(String, String, String, String, String)> = self
+            .connection
+            .query_row(
+                "SELECT kind, config, status, created_at, updated_at FROM jobs WHERE id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+            )
+            .optional()?;
+        row.map(|(kind, config, status, created_at, updated_at)| {
+            let config =
+                serde_json::from_str(&config).map_err(|e| StoreError::json(format!("job {id} config"), e))?;
+            Ok(JobInfo { id: id.to_string(), kind, config, status, created_at, updated_at })
+        })
+        .transpose()
+    }
+
     /// Creates job `id` or, when it exists, checks that it is the same job (same kind
     /// and configuration) so a resume cannot silently mix two experiments.
     pub fn ensure_job(&self, id: &str, kind: &str, config: &serde_json::Value) -> Result<(), StoreError> {
@@ -140,6 +169,10 @@ mod tests {
         let units = store.units("sim-1").unwrap();
         assert_eq!(units[1].result, json!({"text": "yo"}));
         store.set_job_status("sim-1", JobStatus::Done).unwrap();
+        let job = store.job("sim-1").unwrap().unwrap();
+        assert_eq!((job.kind.as_str(), job.status.as_str()), ("simulate", "done"));
+        assert_eq!(job.config, json!({"seed": 1}));
+        assert!(store.job("sim-2").unwrap().is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rusqlite::Connection;
 
 pub use conversations::{CorpusSummary, ImportBatch, ImportCounts, Stats};
 pub use error::StoreError;
-pub use jobs::{JobStatus, Unit};
+pub use jobs::{JobInfo, JobStatus, Unit};
 pub use library::NamedText;
 
 /// The file name of the store inside a workspace folder.

@@ -15,6 +15,16 @@ use crate::commands::model::load_engine;
 /// model itself when the spec names none), and the variable that holds the API key for
 /// `openai:`.
 pub fn open_backend(spec: &BackendSpec, model: &ModelArgs) -> anyhow::Result<Arc<dyn Backend>> {
+    open_backend_with(spec, model, None)
+}
+
+/// [`open_backend`], letting an `openai:` backend keep `concurrency` requests in flight
+/// (its default is 8): an experiment asks for as many as it runs at once.
+pub fn open_backend_with(
+    spec: &BackendSpec,
+    model: &ModelArgs,
+    concurrency: Option<usize>,
+) -> anyhow::Result<Arc<dyn Backend>> {
     match spec {
         BackendSpec::Fake(mode) => Ok(Arc::new(FakeBackend::new(*mode))),
         BackendSpec::Native(path) => {
@@ -34,7 +44,10 @@ pub fn open_backend(spec: &BackendSpec, model: &ModelArgs) -> anyhow::Result<Arc
         }
         BackendSpec::OpenAi { base_url, model: name } => {
             let api_key = api_key(model.api_key_env.as_deref())?;
-            let config = OpenAiConfig { api_key, ..OpenAiConfig::new(base_url.clone(), name.clone()) };
+            let mut config = OpenAiConfig { api_key, ..OpenAiConfig::new(base_url.clone(), name.clone()) };
+            if let Some(concurrency) = concurrency {
+                config.max_concurrency = concurrency.max(1);
+            }
             Ok(Arc::new(OpenAiBackend::new(config)?))
         }
     }

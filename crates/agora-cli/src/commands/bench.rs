@@ -41,6 +41,7 @@ pub fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         BenchTarget::Decode => bench_decode(settings, args),
         BenchTarget::ForwardGpt2 => bench_forward_gpt2(settings, args),
         BenchTarget::Serve => super::bench_serve::run(settings, args),
+        BenchTarget::Simulate => super::bench_simulate::run(settings, args),
     }
 }
 

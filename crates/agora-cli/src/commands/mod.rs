@@ -3,9 +3,11 @@
 mod backend;
 mod bench;
 mod bench_serve;
+mod bench_simulate;
 mod build;
 mod chat;
 mod corpora;
+mod experiment;
 mod export;
 mod generate;
 mod import;
@@ -35,5 +37,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(&settings, &args),
         Command::Chat(args) => chat::run(&settings, &args),
         Command::Serve(args) => serve::run(&settings, &args),
+        Command::Experiment(command) => experiment::run(&settings, command),
+        Command::Simulate(args) => experiment::run_stages(&settings, &args, &[experiment::Stage::Simulate]),
+        Command::Continue(args) => experiment::run_stages(&settings, &args, &[experiment::Stage::Continue]),
+        Command::Annotate(args) => experiment::run_stages(&settings, &args, &[experiment::Stage::Annotate]),
+        Command::Judge(args) => experiment::run_stages(&settings, &args, &[experiment::Stage::Judge]),
+        Command::Report(args) => experiment::report::run(&settings, &args),
     }
 }

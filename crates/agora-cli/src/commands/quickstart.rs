@@ -1,16 +1,16 @@
 //! `agora quickstart`: the main job on the bundled examples — import every example
 //! corpus and collection, build SFT/DPO/KTO training data with seeded splits, export
-//! ConvoKit and Parquet, and say where everything went.
+//! ConvoKit and Parquet, run the example experiment (a discussion with a moderator,
+//! annotators, a judge) on the default model, and say where everything went.
 
 use std::path::{Path, PathBuf};
 
 use agora_corpus::{Format, ImportOptions, sdf};
-use agora_model::generate::Control;
-use agora_model::{Message, SamplingConfig};
 use agora_store::NamedText;
 use anyhow::{Context, bail};
 
-use crate::args::{BuildArgs, BuildKind, ExportArgs, ExportFormat, ModelArgs, SftLayout};
+use super::experiment::Stage;
+use crate::args::{BuildArgs, BuildKind, ExportArgs, ExportFormat, SftLayout, StageArgs};
 use crate::settings::Settings;
 
 /// The example corpora: (format, file under the examples folder, corpus name).
@@ -93,7 +93,7 @@ pub fn run(settings: &Settings, args: &crate::args::QuickstartArgs) -> anyhow::R
         )?;
     }
     if !args.skip_model {
-        reply_to_posts(settings, &args.model, &exports)?;
+        run_experiment(settings, args, &examples)?;
     }
     println!();
     println!("done. Look at:");
@@ -104,61 +104,50 @@ pub fn run(settings: &Settings, args: &crate::args::QuickstartArgs) -> anyhow::R
     );
     println!("  {}/  (TRL JSONL per split, build.json, ConvoKit, Parquet)", exports.display());
     println!("  `agora show cmv:q1 -w {}` prints a thread with its deltas", settings.workspace.display());
-    Ok(())
-}
-
-/// Replies to each CMV example post with the default model (fetched on first use), one
-/// batch, greedy, and records them with the model and sampling that produced them.
-fn reply_to_posts(settings: &Settings, model: &ModelArgs, exports: &Path) -> anyhow::Result<()> {
-    let store = settings.open_store()?;
-    let mut posts = Vec::new();
-    store.for_each_conversation("cmv", |conversation| -> anyhow::Result<()> {
-        let title = conversation.meta.get("title").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let body = conversation.turns.first().map(|turn| turn.text.clone()).unwrap_or_default();
-        posts.push((conversation.id.clone(), title, body));
-        Ok(())
-    })?;
-    let engine = super::model::load_engine(model)?;
-    let config = SamplingConfig { max_new_tokens: 80, repetition_penalty: 1.1, ..SamplingConfig::default() };
-    let conversations: Vec<Vec<Message>> = posts
-        .iter()
-        .map(|(_, title, body)| {
-            vec![Message::user(format!(
-                "Here is a post from r/changemyview.\n\n{title}\n\n{body}\n\n{REPLY_INSTRUCTION}"
-            ))]
-        })
-        .collect();
-    eprintln!("replying to {} posts with {}", posts.len(), engine.path.display());
-    let started = std::time::Instant::now();
-    let generations = engine.chat(&conversations, &config, &mut |_, _| Control::Continue)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let out_path = exports.join("cmv-replies.jsonl");
-    let mut lines = String::new();
-    for ((id, title, _), generation) in posts.iter().zip(&generations) {
-        let reply = generation.text.as_deref().unwrap_or_default().trim();
-        println!("\n{title}\n  -> {reply}");
-        let record = serde_json::json!({
-            "conversation_id": id,
-            "reply": reply,
-            "finish_reason": generation.finish_reason,
-            "model": engine.path,
-            "sampling": config,
-        });
-        lines.push_str(&record.to_string());
-        lines.push('\n');
+    if !args.skip_model {
+        let workspace = settings.workspace.display();
+        println!("  `agora show sim-quickstart:d0000 -w {workspace}` prints the simulated discussion");
+        println!(
+            "  `agora report quickstart -w {workspace}` summarises the experiment (labels, agreement, judge scores)"
+        );
+        println!(
+            "  `agora experiment export quickstart --format csv --out DIR -w {workspace}` exports its tables"
+        );
     }
-    std::fs::write(&out_path, lines).with_context(|| format!("cannot write {}", out_path.display()))?;
-    let tokens: usize = generations.iter().map(|g| g.generated_tokens).sum();
-    println!(
-        "\n{tokens} tokens in {seconds:.1} s ({:.1} tokens/s, one batch) -> {}",
-        tokens as f64 / seconds,
-        out_path.display()
-    );
     Ok(())
 }
 
-const REPLY_INSTRUCTION: &str =
-    "Write a short, respectful reply that gives one argument that could change the poster's view.";
+/// The example experiment: a 4-persona discussion with a moderator, toxicity labels by two
+/// annotator personas and a judge pass, through the chosen backend; then its report.
+fn run_experiment(
+    settings: &Settings,
+    args: &crate::args::QuickstartArgs,
+    examples: &Path,
+) -> anyhow::Result<()> {
+    let file = examples.join("../experiments/quickstart.toml");
+    if !file.is_file() {
+        bail!("cannot find the example experiment {}", file.display());
+    }
+    let stage_args = StageArgs {
+        file: file.clone(),
+        backend: Some(args.backend.clone()),
+        concurrency: None,
+        max_units: None,
+        model: args.model.clone(),
+    };
+    println!();
+    println!("running the example experiment {} on backend {}", file.display(), args.backend);
+    super::experiment::run_stages(
+        settings,
+        &stage_args,
+        &[Stage::Simulate, Stage::Continue, Stage::Annotate, Stage::Judge],
+    )?;
+    let name = super::experiment::report::experiment_name(&file.display().to_string())?;
+    let store = settings.open_store()?;
+    println!();
+    print!("{}", super::experiment::report::render(&super::experiment::report::build(&store, &name)?));
+    Ok(())
+}
 
 /// `examples/data` of the repository this binary was built from, else of the current folder.
 fn default_examples() -> anyhow::Result<PathBuf> {

@@ -1,0 +1,346 @@
+//! End-to-end tests of experiments on the fake backend: the example experiment run,
+//! reported and exported; `--max-units` interruptions and SIGKILL at random moments, each
+//! resumed to exactly the units of an uninterrupted run; the real SDF inputs in
+//! ../shared/data planned and run without edits (when that folder exists); bad files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn quickstart_file() -> PathBuf {
+    repo().join("examples/experiments/quickstart.toml")
+}
+
+fn command(workspace: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agora"));
+    command.args(args).arg("--workspace").arg(workspace).env_remove("AGORA_WORKSPACE");
+    command
+}
+
+fn agora(workspace: &Path, args: &[&str]) -> Output {
+    command(workspace, args).output().expect("the agora binary runs")
+}
+
+fn ok(workspace: &Path, args: &[&str]) -> String {
+    let output = agora(workspace, args);
+    assert!(output.status.success(), "agora {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("stdout is UTF-8")
+}
+
+fn json(workspace: &Path, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&ok(workspace, &args)).expect("--json prints JSON")
+}
+
+fn fails(workspace: &Path, args: &[&str]) -> String {
+    let output = agora(workspace, args);
+    assert!(!output.status.success(), "agora {args:?} should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let mut lines = stderr.lines().filter(|line| !line.starts_with("hint:"));
+    let first = lines.next().unwrap_or_default().to_string();
+    assert!(first.starts_with("error: "), "{stderr}");
+    assert_eq!(lines.next(), None, "the error takes one line:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    first
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// Every exported table of an experiment, as text (the comparison of two runs).
+fn exported(workspace: &Path, experiment: &str) -> Vec<(String, String)> {
+    let out = workspace.join(format!("export-{}", std::process::id()));
+    ok(workspace, &["experiment", "export", experiment, "--format", "jsonl", "--out", path(&out)]);
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| {
+            let file = entry.unwrap().path();
+            (
+                file.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&file).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    std::fs::remove_dir_all(&out).unwrap();
+    files
+}
+
+#[test]
+fn the_example_experiment_runs_reports_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let file = quickstart_file();
+    let plans = json(ws, &["experiment", "plan", path(&file)]);
+    let plans = plans.as_array().unwrap();
+    assert_eq!(plans.len(), 1);
+    assert_eq!(plans[0]["users"].as_array().unwrap().len(), 4);
+    assert_eq!(plans[0]["moderator"]["name"], "moderator");
+
+    let summary = ok(ws, &["experiment", "run", path(&file), "--backend", "fake:seeded"]);
+    assert!(summary.contains("quickstart/simulate:"), "{summary}");
+    assert!(summary.contains("quickstart/annotate:"), "{summary}");
+    assert!(summary.contains("quickstart/judge:"), "{summary}");
+
+    let report = json(ws, &["report", "quickstart"]);
+    let stages: Vec<&str> =
+        report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["simulate", "annotate", "judge"]);
+    let simulate = &report["stages"][0];
+    // 6 user turns; the moderator after every 2nd non-empty one.
+    assert!(simulate["turns"].as_u64().unwrap() >= 6, "{simulate}");
+    assert_eq!(simulate["user_turns"], 6);
+    let annotate = &report["stages"][1];
+    // The fake model never writes "Toxicity=<n>": every label is unparsed, kept and counted.
+    assert_eq!(annotate["labels"], annotate["unparsed"]);
+    assert!(annotate["labels"].as_u64().unwrap() >= 2 * 7);
+    let text = ok(ws, &["report", path(&file)]);
+    assert!(text.contains("Krippendorff's alpha"), "{text}");
+
+    // The discussion is a corpus like any other.
+    let shown = ok(ws, &["show", "sim-quickstart:d0000"]);
+    assert!(shown.contains("moderator"), "{shown}");
+
+    for format in ["jsonl", "csv", "parquet"] {
+        let out = ws.join(format!("out-{format}"));
+        let files =
+            json(ws, &["experiment", "export", "quickstart", "--format", format, "--out", path(&out)]);
+        assert_eq!(files.as_array().unwrap().len(), 3, "{files}");
+        for table in ["turns", "annotations", "judgements"] {
+            assert!(out.join(format!("{table}.{format}")).is_file(), "{table}.{format}");
+        }
+    }
+    let csv = std::fs::read_to_string(ws.join("out-csv/turns.csv")).unwrap();
+    assert!(csv.starts_with("discussion,turn,speaker,role,text,empty,"), "{csv}");
+
+    // The framework's own JSON, read back by agora's SDF importer.
+    let sdf = ws.join("out-sdf");
+    ok(ws, &["experiment", "export", "quickstart", "--format", "sdf", "--out", path(&sdf)]);
+    let imported = json(ws, &["import", "sdf", path(&sdf.join("discussions")), "--name", "roundtrip"]);
+    assert_eq!(imported["conversations"], 1);
+    assert_eq!(
+        imported["turns"].as_u64().unwrap(),
+        simulate["turns"].as_u64().unwrap() + 1,
+        "plus the opening post"
+    );
+
+    // Running again does nothing new.
+    let again = ok(ws, &["experiment", "run", path(&file), "--backend", "fake:seeded"]);
+    assert!(again.contains("quickstart/simulate: 0 new"), "{again}");
+    assert!(again.contains("quickstart/judge: 0 new"), "{again}");
+}
+
+#[test]
+fn max_units_interrupts_and_the_next_run_resumes_to_the_same_result() {
+    let reference = tempfile::tempdir().unwrap();
+    let file = quickstart_file();
+    ok(reference.path(), &["experiment", "run", path(&file), "--backend", "fake:seeded"]);
+    let expected = exported(reference.path(), "quickstart");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        assert!(runs < 200, "the experiment never completed");
+        let out = ok(ws, &["experiment", "run", path(&file), "--backend", "fake:seeded", "--max-units", "4"]);
+        if !out.contains("incomplete") && out.contains("quickstart/judge:") {
+            break;
+        }
+    }
+    assert!(runs > 3, "the experiment should take several interrupted runs, took {runs}");
+    assert_eq!(exported(ws, "quickstart"), expected);
+}
+
+/// A changed experiment (here: another backend) is refused rather than mixed in.
+#[test]
+fn resuming_with_another_backend_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let file = quickstart_file();
+    ok(ws, &["simulate", path(&file), "--backend", "fake:seeded", "--max-units", "2"]);
+    let error = fails(ws, &["simulate", path(&file), "--backend", "fake:echo"]);
+    assert!(error.contains("quickstart/simulate") && error.contains("different configuration"), "{error}");
+}
+
+#[test]
+fn bad_experiment_files_get_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let write = |name: &str, text: &str| {
+        let file = ws.join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let unknown = write(
+        "unknown.toml",
+        "name = \"x\"\ncolour = \"red\"\n[judge]\nrubric = { type = \"likert\" }\ntarget = { type = \"turns\" }\n",
+    );
+    let error = fails(ws, &["experiment", "run", path(&unknown), "--backend", "fake:seeded"]);
+    assert!(error.contains("unknown.toml") && error.contains("colour"), "{error}");
+
+    let empty = write("empty.toml", "name = \"x\"\n");
+    let error = fails(ws, &["experiment", "run", path(&empty)]);
+    assert!(error.contains("nothing to run"), "{error}");
+
+    let missing = write(
+        "missing.toml",
+        "name = \"x\"\n[discussions]\npersonas = \"no/such/folder\"\ntopics = \"no/such/topics\"\n",
+    );
+    let error = fails(ws, &["experiment", "plan", path(&missing)]);
+    assert!(error.contains("discussions.personas") && error.contains("no/such/folder"), "{error}");
+
+    let policy = write(
+        "policy.toml",
+        "name = \"x\"\n[discussions]\npersonas = \"p\"\ntopics = \"t\"\nturn_policy = { type = \"respond_back\", probability = 2.0 }\n",
+    );
+    let error = fails(ws, &["experiment", "plan", path(&policy)]);
+    assert!(error.contains("turn_policy") && error.contains("probability"), "{error}");
+
+    let error = fails(ws, &["simulate", path(&quickstart_file()), "--backend", "telepathy"]);
+    assert!(error.contains("telepathy"), "{error}");
+    let error = fails(ws, &["report", "never-ran"]);
+    assert!(error.contains("never-ran"), "{error}");
+}
+
+/// A bigger experiment for the crash test: 24 discussions of 30 turns (plus the
+/// moderator's) between the example personas.
+fn crash_experiment(dir: &Path) -> PathBuf {
+    let data = repo().join("examples/data/sdf");
+    let file = dir.join("crash.toml");
+    let text = format!(
+        "name = \"crash\"\nseed = 9\n[sampling]\nmax_tokens = 24\n[discussions]\npersonas = \"{}\"\ntopics = \"{}\"\nuser_instructions = \"{}\"\nusers = 3\nrepeats = 12\nturns = 30\n[discussions.moderator]\ninstructions = \"{}\"\n",
+        path(&data.join("personas")),
+        path(&data.join("topics")),
+        path(&data.join("user_instructions")),
+        path(&data.join("mod_instructions")),
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn unit_count(workspace: &Path, experiment: &str) -> u64 {
+    let report = agora(workspace, &["report", experiment, "--json"]);
+    if !report.status.success() {
+        return 0;
+    }
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    report["stages"][0]["turns"].as_u64().unwrap_or(0)
+}
+
+/// `agora simulate` killed with SIGKILL at several random moments and started again ends
+/// with exactly the turns of an uninterrupted run: none lost, none twice.
+#[test]
+fn simulate_survives_sigkill_at_random_moments() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crash_experiment(dir.path());
+    let reference = dir.path().join("reference");
+    let started = Instant::now();
+    ok(&reference, &["simulate", path(&file), "--backend", "fake:seeded", "--concurrency", "4"]);
+    let full_run = started.elapsed();
+    let expected = exported(&reference, "crash");
+    let expected_turns = unit_count(&reference, "crash");
+
+    let ws = dir.path().join("killed");
+    // Moments drawn from a fixed generator, as fractions of an uninterrupted run.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut interrupted = 0;
+    for _ in 0..6 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let fraction = 0.05 + (state % 1000) as f64 / 1000.0 * 0.5;
+        let mut child =
+            command(&ws, &["simulate", path(&file), "--backend", "fake:seeded", "--concurrency", "4"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+        std::thread::sleep(full_run.mul_f64(fraction).max(Duration::from_millis(20)));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        let recorded = unit_count(&ws, "crash");
+        if !status.success() && recorded < expected_turns {
+            interrupted += 1;
+        }
+    }
+    assert!(interrupted >= 2, "only {interrupted} of 6 kills interrupted a run (full run took {full_run:?})");
+    ok(&ws, &["simulate", path(&file), "--backend", "fake:seeded", "--concurrency", "4"]);
+    assert_eq!(unit_count(&ws, "crash"), expected_turns);
+    assert_eq!(exported(&ws, "crash"), expected);
+}
+
+fn shared_sdf() -> Option<PathBuf> {
+    let folder = repo().join("../shared/data/sdf");
+    if folder.is_dir() {
+        Some(folder)
+    } else {
+        eprintln!("skipped: {} is absent", folder.display());
+        None
+    }
+}
+
+/// The framework's real 2024 inputs (personas, topics, instructions, its other_configs
+/// JSON) plan into 7 topics x 3 user x 3 moderator instructions and run without edits.
+#[test]
+fn real_sdf_2024_inputs_plan_and_run() {
+    let Some(_) = shared_sdf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let file = repo().join("examples/experiments/sdf_2024.toml");
+    let plans = json(ws, &["experiment", "plan", path(&file)]);
+    let plans = plans.as_array().unwrap();
+    assert_eq!(plans.len(), 63);
+    // standard_multi_user.json: conv_len 14, history_ctx_len 4, random_weighted 0.3.
+    assert_eq!(plans[0]["turns"], 14);
+    assert_eq!(plans[0]["context_window"], 4);
+    assert_eq!(plans[0]["turn_policy"]["probability"], 0.3);
+    assert!(plans.iter().all(|plan| plan["users"].as_array().unwrap().len() == 4));
+    ok(ws, &["experiment", "run", path(&file), "--backend", "fake:seeded"]);
+    let report = json(ws, &["report", "sdf-2024"]);
+    assert_eq!(report["stages"][0]["discussions"], 63);
+    assert_eq!(report["stages"][0]["user_turns"], 63 * 14);
+    assert!(report["stages"][1]["labels"].as_u64().unwrap() > 63 * 14 * 6);
+}
+
+/// The 2026 inputs: persona lists, user and moderator instructions, and run_config.yml
+/// (15 turns, window 3, respond probability 0.4, 7 users, its context prompt).
+#[test]
+fn real_sdf_2026_inputs_plan_and_run() {
+    let Some(sdf) = shared_sdf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let file = ws.join("sdf_2026.toml");
+    let inputs = sdf.join("inputs-2026");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"sdf-2026\"\n[sampling]\nmax_tokens = 30\n[discussions]\npersonas = \"{}\"\ntopics = \"{}\"\nuser_instructions = \"{}\"\nframework_config = \"{}\"\ncount = 3\n[discussions.moderator]\ninstructions = \"{}\"\n",
+            path(&inputs.join("personas/personas_generic.json")),
+            path(&sdf.join("inputs-2024/topics")),
+            path(&inputs.join("user_instructions")),
+            path(&inputs.join("run_config.yml")),
+            path(&inputs.join("mod_instructions")),
+        ),
+    )
+    .unwrap();
+    let plans = json(ws, &["experiment", "plan", path(&file)]);
+    let plans = plans.as_array().unwrap();
+    assert_eq!(plans.len(), 3);
+    assert_eq!(plans[0]["turns"], 15);
+    assert_eq!(plans[0]["context_window"], 3);
+    assert_eq!(plans[0]["turn_policy"]["probability"], 0.4);
+    assert_eq!(plans[0]["users"].as_array().unwrap().len(), 7);
+    assert!(plans[0]["context"].as_str().unwrap().starts_with("Pretend that you are a human"));
+    ok(ws, &["simulate", path(&file), "--backend", "fake:seeded"]);
+    let report = json(ws, &["report", "sdf-2026"]);
+    assert_eq!(report["stages"][0]["user_turns"], 3 * 15);
+}
