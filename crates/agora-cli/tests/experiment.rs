@@ -139,7 +139,7 @@ fn the_example_experiment_runs_reports_and_exports() {
 }
 
 #[test]
-fn max_units_interrupts_and_the_next_run_resumes_to_the_same_result() {
+fn interrupted_at_every_unit_boundary_the_next_run_resumes_to_the_same_result() {
     let reference = tempfile::tempdir().unwrap();
     let file = quickstart_file();
     ok(reference.path(), &["experiment", "run", path(&file), "--backend", "fake:seeded"]);
@@ -151,12 +151,13 @@ fn max_units_interrupts_and_the_next_run_resumes_to_the_same_result() {
     loop {
         runs += 1;
         assert!(runs < 200, "the experiment never completed");
-        let out = ok(ws, &["experiment", "run", path(&file), "--backend", "fake:seeded", "--max-units", "4"]);
+        // One unit per run: every unit boundary of every stage is an interruption.
+        let out = ok(ws, &["experiment", "run", path(&file), "--backend", "fake:seeded", "--max-units", "1"]);
         if !out.contains("incomplete") && out.contains("quickstart/judge:") {
             break;
         }
     }
-    assert!(runs > 3, "the experiment should take several interrupted runs, took {runs}");
+    assert!(runs > 30, "the experiment should take one run per unit, took {runs}");
     assert_eq!(exported(ws, "quickstart"), expected);
 }
 
@@ -343,4 +344,44 @@ fn real_sdf_2026_inputs_plan_and_run() {
     ok(ws, &["simulate", path(&file), "--backend", "fake:seeded"]);
     let report = json(ws, &["report", "sdf-2026"]);
     assert_eq!(report["stages"][0]["user_turns"], 3 * 15);
+}
+
+/// With the native backend (the embedded model, when `models/` has it), the same seeds give
+/// the same transcript, sampled at temperature 0.9 — run twice, and once interrupted
+/// every 3 turns and resumed.
+#[test]
+fn native_backend_transcripts_repeat_with_the_same_seed() {
+    let model = repo().join("models/SmolLM2-135M-Instruct.Q8_0.gguf");
+    if !model.is_file() {
+        eprintln!("skipped: {} is absent (agora model fetch)", model.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo().join("examples/data/sdf");
+    let file = dir.path().join("native.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"native\"\nseed = 3\n[sampling]\ntemperature = 0.9\nmax_tokens = 12\n[discussions]\npersonas = \"{}\"\ntopics = \"{}\"\nusers = 3\nturns = 4\n[discussions.moderator]\ninstructions = \"{}\"\n",
+            path(&data.join("personas")),
+            path(&data.join("topics/remote_work.txt")),
+            path(&data.join("mod_instructions")),
+        ),
+    )
+    .unwrap();
+    let backend = format!("native:{}", path(&model));
+    let mut transcripts = Vec::new();
+    for name in ["first", "second"] {
+        let ws = dir.path().join(name);
+        ok(&ws, &["simulate", path(&file), "--backend", &backend]);
+        transcripts.push(exported(&ws, "native"));
+    }
+    let ws = dir.path().join("interrupted");
+    while ok(&ws, &["simulate", path(&file), "--backend", &backend, "--max-units", "3"])
+        .contains("incomplete")
+    {}
+    transcripts.push(exported(&ws, "native"));
+    assert!(transcripts[0][0].1.lines().count() >= 6, "{}", transcripts[0][0].1);
+    assert_eq!(transcripts[0], transcripts[1]);
+    assert_eq!(transcripts[0], transcripts[2]);
 }
