@@ -385,3 +385,30 @@ fn native_backend_transcripts_repeat_with_the_same_seed() {
     assert_eq!(transcripts[0], transcripts[1]);
     assert_eq!(transcripts[0], transcripts[2]);
 }
+
+/// ESConv-SRA's design: continue each conversation once per ESConv strategy, then judge
+/// every strategy's reply against the baseline's, in both orders.
+#[test]
+fn continuations_per_strategy_and_a_pairwise_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let esconv = repo().join("examples/data/esconv_sample.json");
+    ok(ws, &["import", "esconv", path(&esconv)]);
+    let file = repo().join("examples/experiments/esconv_strategies.toml");
+    ok(ws, &["experiment", "run", path(&file), "--backend", "fake:seeded"]);
+    let report = json(ws, &["report", "esconv-strategies"]);
+    let continuations = &report["stages"][0];
+    assert_eq!(continuations["stage"], "continue");
+    // Two conversations, cut once each, eight strategies.
+    assert_eq!(continuations["replies"], 16);
+    assert_eq!(continuations["strategies"].as_array().unwrap().len(), 8);
+    let judge = &report["stages"][1];
+    assert_eq!(judge["rubric"], "pairwise_strategy");
+    // Seven strategies against the baseline, both orders, two conversations.
+    assert_eq!(judge["replies"], 28);
+    let out = ws.join("tables");
+    ok(ws, &["experiment", "export", "esconv-strategies", "--format", "csv", "--out", path(&out)]);
+    let table = std::fs::read_to_string(out.join("judgements.csv")).unwrap();
+    assert_eq!(table.lines().count(), 1 + 28);
+    assert!(table.lines().skip(1).any(|line| line.contains(",true,")), "swapped rows are marked");
+}

@@ -275,23 +275,24 @@ fn judgements(store: &Store, name: &str, report: &mut Report) -> anyhow::Result<
             .collect();
         let summary = summarize(&item_means, 0.95);
         let distribution = Distribution::from_labels(&labels);
-        let mut line = format!("  {dimension}: ");
+        let mut parts = Vec::new();
         if !item_means.is_empty() {
-            line.push_str(&summary_text(&summary));
+            parts.push(summary_text(&summary));
         }
         if !labels.is_empty() {
-            let parts: Vec<String> = distribution
+            let shares: Vec<String> = distribution
                 .counts
                 .iter()
                 .map(|(label, count, part)| format!("{label} {count} ({:.0}%)", part * 100.0))
                 .collect();
-            line.push_str(&parts.join(", "));
+            parts.push(shares.join(", "));
         }
-        line.push_str(&format!(
-            "; {unparsed} of {} unparsed ({}, kept raw)",
+        parts.push(format!(
+            "{unparsed} of {} unparsed ({}, kept raw)",
             all.len(),
             share(unparsed, all.len())
         ));
+        let line = format!("  {dimension}: {}", parts.join("; "));
         report.text.push(line);
         dimensions.push(json!({"dimension": dimension, "items": items.len(), "scores": all.len(), "unparsed": unparsed, "summary": summary, "verdicts": distribution}));
     }
