@@ -172,9 +172,12 @@ impl AnnotationLayout {
 /// A short stable hash of exactly what was sent (the messages as JSON): stored with every
 /// result so two results can be checked to come from the same prompt.
 pub fn prompt_hash(messages: &[Message]) -> String {
-    let json = serde_json::to_string(messages).unwrap_or_default();
-    let digest = Sha256::digest(json.as_bytes());
-    digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+    text_hash(&serde_json::to_string(messages).unwrap_or_default())
+}
+
+/// The first 8 bytes of a text's SHA-256, in hex.
+pub fn text_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().take(8).map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// What a model wrote, made into a comment: whitespace trimmed, and a leading echo of the

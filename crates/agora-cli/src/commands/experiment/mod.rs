@@ -148,6 +148,7 @@ pub fn run_stages(settings: &Settings, args: &StageArgs, stages: &[Stage]) -> an
         runtime,
     };
     let mut store = settings.open_or_create_store()?;
+    record_experiment_file(&store, &loaded)?;
     let mut ran_any = false;
     let mut done_this_run = 0;
     for &stage in stages {
@@ -201,6 +202,24 @@ pub fn run_stages(settings: &Settings, args: &StageArgs, stages: &[Stage]) -> an
             experiment.name
         );
     }
+    Ok(())
+}
+
+/// Keeps every version of the experiment file a run used, as written and as resolved, in
+/// job `<name>/experiment` under the hash of its text (so the file can be changed and each
+/// result still traced to the file that made it).
+fn record_experiment_file(store: &Store, loaded: &LoadedExperiment) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&loaded.file)
+        .with_context(|| format!("cannot read experiment file {}", loaded.file.display()))?;
+    let job = format!("{}/experiment", loaded.experiment.name);
+    store.ensure_job(&job, "experiment", &serde_json::json!({}))?;
+    let hash = agora_sim::prompt::text_hash(&text);
+    let value = serde_json::json!({
+        "file": loaded.file.display().to_string(),
+        "text": text,
+        "resolved": loaded.experiment,
+    });
+    store.record_unit(&job, &hash, &value)?;
     Ok(())
 }
 
