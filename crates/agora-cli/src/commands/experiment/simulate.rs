@@ -174,7 +174,8 @@ pub fn run(
     Ok(StageOutcome {
         done,
         skipped,
-        total: expected_turns.max(all.len()),
+        // Moderator turns depend on what users say, so the total is known at the end.
+        total: if complete { all.len() } else { expected_turns.max(all.len()) },
         complete,
         notes: vec![
             ("empty replies".into(), empty),
