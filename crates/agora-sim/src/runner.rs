@@ -3,8 +3,8 @@
 //! continuations) run through [`run_units`]; discussions, whose turns depend on each
 //! other, through [`run_discussions`], which runs whole discussions side by side.
 //!
-//! A unit whose request fails is not handed to the sink: the error stops the run after
-//! the units in flight have finished and been recorded, and a resumed run retries it.
+//! A unit whose request fails is not handed to the sink: the error stops the run (units
+//! still in flight are cancelled, unrecorded), and a resumed run retries them.
 
 use std::cell::RefCell;
 
@@ -45,8 +45,8 @@ pub struct RunStats {
 }
 
 /// Sends every item whose key `is_done` does not know, at most `concurrency` at a time,
-/// and calls `finish` with each reply as it arrives. Stops at the first failure (after
-/// recording what was already in flight), returning it.
+/// and calls `finish` with each reply as it arrives. The first failure stops the run and
+/// is returned; requests still in flight are cancelled, unrecorded.
 pub async fn run_units<M>(
     backend: &dyn Backend,
     items: Vec<WorkItem<M>>,
@@ -69,27 +69,18 @@ pub async fn run_units<M>(
             (item, reply)
         })
         .buffer_unordered(concurrency.max(1));
-    let mut first_error = None;
     while let Some((item, reply)) = replies.next().await {
         match reply {
-            Ok(reply) if first_error.is_none() => {
-                finish(&item, reply)?;
-                stats.done += 1;
-            }
             Ok(reply) => {
-                // Already failing: still keep what finished, it costs nothing to store.
                 finish(&item, reply)?;
                 stats.done += 1;
             }
-            Err(source) => {
-                first_error.get_or_insert(SimError::Backend { unit: item.key.clone(), source });
-            }
+            // Returning drops the stream, which cancels the requests still in flight;
+            // they were not recorded, so a resumed run sends them again.
+            Err(source) => return Err(SimError::Backend { unit: item.key.clone(), source }),
         }
     }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(stats),
-    }
+    Ok(stats)
 }
 
 /// Runs discussions side by side (at most `concurrency` at once, each one turn after
@@ -122,4 +113,78 @@ pub async fn run_discussions(
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_llm::{FakeBackend, LlmError, Prompt, Sampling};
+
+    use super::*;
+
+    fn item(key: &str) -> WorkItem<()> {
+        WorkItem {
+            key: key.into(),
+            request: Request::text(key, Sampling::default()),
+            prompt_hash: String::new(),
+            meta: (),
+        }
+    }
+
+    fn failing_on(bad: &'static str) -> FakeBackend {
+        FakeBackend::from_fn(move |request| match &request.prompt {
+            Prompt::Text(text) if text == bad => Err(LlmError::Model("no".into())),
+            _ => Ok("fine".into()),
+        })
+    }
+
+    #[tokio::test]
+    async fn recorded_units_are_skipped_and_the_rest_recorded() {
+        let backend = failing_on("never");
+        let items = vec![item("a"), item("b"), item("c")];
+        let mut seen = Vec::new();
+        let stats = run_units(
+            &backend,
+            items,
+            2,
+            |key| key == "b",
+            |item, reply| {
+                seen.push((item.key.clone(), reply.text));
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        seen.sort();
+        assert_eq!(seen, [("a".to_string(), "fine".to_string()), ("c".to_string(), "fine".to_string())]);
+        assert_eq!(stats, RunStats { done: 2, skipped: 1 });
+        assert_eq!(backend.requests_served(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_the_run_and_names_the_unit() {
+        let backend = failing_on("b");
+        let items = vec![item("a"), item("b"), item("c"), item("d")];
+        let mut seen = Vec::new();
+        let error = run_units(
+            &backend,
+            items,
+            1,
+            |_| false,
+            |item, _| {
+                seen.push(item.key.clone());
+                Ok(())
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(&error, SimError::Backend { unit, .. } if unit == "b"), "{error}");
+        assert_eq!(seen, ["a"], "units after the failure are not run");
+    }
+
+    #[test]
+    fn unit_seeds_differ_by_key_and_seed_and_never_change() {
+        assert_eq!(unit_seed(42, "d0000/t0001"), unit_seed(42, "d0000/t0001"));
+        assert_ne!(unit_seed(42, "d0000/t0001"), unit_seed(42, "d0000/t0002"));
+        assert_ne!(unit_seed(42, "d0000/t0001"), unit_seed(43, "d0000/t0001"));
+    }
 }
