@@ -125,9 +125,9 @@ fn run_experiment(
     examples: &Path,
 ) -> anyhow::Result<()> {
     let file = examples.join("../experiments/quickstart.toml");
-    if !file.is_file() {
+    let Ok(file) = std::fs::canonicalize(&file) else {
         bail!("cannot find the example experiment {}", file.display());
-    }
+    };
     let stage_args = StageArgs {
         file: file.clone(),
         backend: Some(args.backend.clone()),
