@@ -418,8 +418,9 @@ impl<'a> BatchGenerator<'a> {
         let longest = self.running.iter().map(|row| row.fed).max().unwrap_or(0);
         let unused_columns = self.cache.len.saturating_sub(longest);
         for (keys, values) in self.cache.layers.iter_mut().flatten() {
-            *keys = keys.index_select(&keep, 0)?;
-            *values = values.index_select(&keep, 0)?;
+            // The cache's entries may be strided views of its reserved room.
+            *keys = keys.contiguous()?.index_select(&keep, 0)?;
+            *values = values.contiguous()?.index_select(&keep, 0)?;
             if unused_columns > 0 {
                 *keys = keys.narrow(2, unused_columns, longest)?;
                 *values = values.narrow(2, unused_columns, longest)?;
@@ -626,10 +627,10 @@ fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 
 /// Appends the rows of `newcomers` (a cache of their own) to `running`, left-padding
 /// whichever side holds fewer columns so that every row stays right-aligned.
-fn merge_cache(running: &mut Cache, running_is_empty: bool, newcomers: Cache) -> Result<()> {
+fn merge_cache(running: &mut Cache, running_is_empty: bool, mut newcomers: Cache) -> Result<()> {
     if running_is_empty {
-        let attention = running.attention.take().map(|_| Vec::new());
-        *running = Cache { attention, ..newcomers };
+        newcomers.attention = running.attention.take().map(|_| Vec::new());
+        *running = newcomers;
         return Ok(());
     }
     let columns = running.len.max(newcomers.len);

@@ -372,7 +372,8 @@ impl Llama {
         xs: &Tensor,
         rotary: &(Tensor, Tensor),
         mask: Option<&Tensor>,
-        layer_cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Cache,
+        layer: usize,
     ) -> Result<(Tensor, Tensor)> {
         let (batch, seq, _) = xs.dims3()?;
         let config = &self.config;
@@ -386,13 +387,7 @@ impl Llama {
         let values = heads(&values, config.kv_heads)?;
         let queries = ops::apply_rotary(&queries, &rotary.0, &rotary.1)?;
         let keys = ops::apply_rotary(&keys, &rotary.0, &rotary.1)?;
-        let (keys, values) = match layer_cache.take() {
-            Some((past_keys, past_values)) => {
-                (Tensor::cat(&[past_keys, keys], 2)?, Tensor::cat(&[past_values, values], 2)?)
-            }
-            None => (keys, values),
-        };
-        *layer_cache = Some((keys.clone(), values.clone()));
+        let (keys, values) = cache.append(layer, keys, values)?;
         let (output, probabilities) = ops::attention(&queries, &keys, &values, mask)?;
         let output = output.transpose(1, 2)?.reshape((batch, seq, config.heads * config.head_dim))?;
         Ok((block.o_proj.forward(&output)?, probabilities))
@@ -425,10 +420,10 @@ impl Llama {
         let eps = self.config.rms_norm_eps;
         let mut hidden = self.embed_tokens.forward(tokens)?;
         let mut captured = Vec::new();
-        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        for (layer, block) in self.blocks.iter().enumerate() {
             let normed = ops::rms_norm(&hidden, &block.input_norm, eps)?;
             let (attended, probabilities) =
-                self.attention(block, &normed, &rotary, attention_mask.as_ref(), layer_cache)?;
+                self.attention(block, &normed, &rotary, attention_mask.as_ref(), cache, layer)?;
             hidden = (hidden + attended)?;
             let normed = ops::rms_norm(&hidden, &block.post_attention_norm, eps)?;
             hidden = (&hidden + self.mlp(block, &normed)?)?;

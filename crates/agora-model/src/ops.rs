@@ -308,6 +308,9 @@ pub fn attention(
     }
     let key_count = keys.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
+    if let Some(fused) = attention_fused(queries, keys, values, mask, scale as f32)? {
+        return Ok(fused);
+    }
     let grouped_queries =
         queries.contiguous()?.reshape((batch, kv_heads, heads / kv_heads * seq, head_dim))?;
     let scores = (grouped_queries.matmul(&keys.t()?)? * scale)?.reshape((batch, heads, seq, key_count))?;
@@ -320,6 +323,157 @@ pub fn attention(
         probabilities.reshape((batch, kv_heads, heads / kv_heads * seq, key_count))?;
     let output = grouped_probabilities.matmul(values)?.reshape((batch, heads, seq, head_dim))?;
     Ok((output, probabilities))
+}
+
+/// A tensor's values when it holds f32 in CPU memory with its last dimension
+/// contiguous: the storage (read-locked) and the layout to index it with.
+fn cpu_f32_rows(tensor: &Tensor) -> Option<(candle_core::StorageRef<'_>, &candle_core::Layout)> {
+    let (storage, layout) = tensor.storage_and_layout();
+    let is_f32 = matches!(&*storage, candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_)));
+    let last_contiguous = layout.stride().last().is_none_or(|&stride| stride == 1);
+    (is_f32 && last_contiguous).then_some((storage, layout))
+}
+
+fn f32_values(storage: &candle_core::Storage) -> &[f32] {
+    match storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)) => values,
+        _ => &[],
+    }
+}
+
+/// Whether every index `offset + Σ (dims[i] - 1) * strides[i] + last` is inside `len`.
+fn fits(len: usize, offset: usize, dims: &[usize], strides: &[usize]) -> bool {
+    if dims.contains(&0) {
+        return true;
+    }
+    let furthest: usize = dims.iter().zip(strides).map(|(&dim, &stride)| (dim - 1) * stride).sum();
+    offset + furthest < len
+}
+
+/// [`attention`] without a backward pass, in one loop per query head reading the keys
+/// and values where they lie (the cache's reserved room is strided): no transposed
+/// copies, no matrix-product set-up, which dominate for the single query row of a
+/// decode step. `None` when some input records a gradient or is not f32 in CPU memory
+/// (the composed path handles those).
+fn attention_fused(
+    queries: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f32,
+) -> Result<Option<(Tensor, Tensor)>> {
+    use rayon::prelude::*;
+    let tracked =
+        queries.track_op() || keys.track_op() || values.track_op() || mask.is_some_and(Tensor::track_op);
+    if tracked || !queries.device().is_cpu() || queries.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (batch, heads, seq, head_dim) = queries.dims4()?;
+    let (key_batch, kv_heads, key_count, key_dim) = keys.dims4()?;
+    if keys.dims() != values.dims() || key_batch != batch || key_dim != head_dim {
+        return Err(ModelError::Config(format!(
+            "attention: queries {:?}, keys {:?}, values {:?} do not fit together",
+            queries.dims(),
+            keys.dims(),
+            values.dims()
+        )));
+    }
+    let group = heads / kv_heads;
+    let queries = queries.contiguous()?;
+    let mask = match mask {
+        Some(mask) => {
+            let rows = mask.dim(0)?;
+            if mask.dims() != [rows, 1, seq, key_count] || (rows != 1 && rows != batch) {
+                return Err(ModelError::Config(format!(
+                    "attention mask has shape {:?}, expected [1 or {batch}, 1, {seq}, {key_count}]",
+                    mask.dims()
+                )));
+            }
+            Some(mask.to_dtype(DType::F32)?.contiguous()?)
+        }
+        None => None,
+    };
+    let (
+        Some((query_storage, query_layout)),
+        Some((key_storage, key_layout)),
+        Some((value_storage, value_layout)),
+    ) = (cpu_f32_rows(&queries), cpu_f32_rows(keys), cpu_f32_rows(values))
+    else {
+        return Ok(None);
+    };
+    let mask_parts = match &mask {
+        Some(mask) => match cpu_f32_rows(mask) {
+            Some(parts) => Some(parts),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let query_values = f32_values(&query_storage).get(query_layout.start_offset()..).unwrap_or(&[]);
+    let key_values = f32_values(&key_storage);
+    let value_values = f32_values(&value_storage);
+    let (key_offset, key_strides) = (key_layout.start_offset(), key_layout.stride());
+    let (value_offset, value_strides) = (value_layout.start_offset(), value_layout.stride());
+    let mask_values = mask_parts
+        .as_ref()
+        .map(|(storage, layout)| f32_values(storage).get(layout.start_offset()..).unwrap_or(&[]));
+    let mask_rows = mask.as_ref().map_or(1, |mask| mask.dim(0).unwrap_or(1));
+    let in_bounds = query_values.len() >= batch * heads * seq * head_dim
+        && fits(key_values.len(), key_offset, keys.dims(), key_strides)
+        && fits(value_values.len(), value_offset, values.dims(), value_strides)
+        && mask_values.is_none_or(|values| values.len() >= mask_rows * seq * key_count);
+    if !in_bounds {
+        return Ok(None);
+    }
+    let (key_batch_stride, key_head_stride, key_row_stride) =
+        (key_strides[0], key_strides[1], key_strides[2]);
+    let (value_batch_stride, value_head_stride, value_row_stride) =
+        (value_strides[0], value_strides[1], value_strides[2]);
+    let mut output = vec![0f32; batch * heads * seq * head_dim];
+    let mut probabilities = vec![0f32; batch * heads * seq * key_count];
+    let work_per_head = seq * key_count * head_dim;
+    // Small heads (a decode step over a short cache) in one task: a rayon split costs
+    // more than it saves below a few tens of thousands of multiply-adds.
+    let heads_per_task = (32_768 / work_per_head.max(1)).clamp(1, batch * heads);
+    output
+        .par_chunks_mut(heads_per_task * seq * head_dim)
+        .zip(probabilities.par_chunks_mut(heads_per_task * seq * key_count))
+        .enumerate()
+        .for_each(|(task, (outputs, probabilities))| {
+            let head_outputs = outputs.chunks_exact_mut(seq * head_dim);
+            let head_probabilities = probabilities.chunks_exact_mut(seq * key_count);
+            for (offset, (outputs, probabilities)) in head_outputs.zip(head_probabilities).enumerate() {
+                let index = task * heads_per_task + offset;
+                let (row, head) = (index / heads, index % heads);
+                let kv_head = head / group;
+                let key_base = key_offset + row * key_batch_stride + kv_head * key_head_stride;
+                let value_base = value_offset + row * value_batch_stride + kv_head * value_head_stride;
+                let mask_row = if mask_rows == 1 { 0 } else { row };
+                for query in 0..seq {
+                    let query_start = (index * seq + query) * head_dim;
+                    let query_row = query_values.get(query_start..query_start + head_dim).unwrap_or(&[]);
+                    let mask_start = (mask_row * seq + query) * key_count;
+                    let mask_values =
+                        mask_values.and_then(|values| values.get(mask_start..mask_start + key_count));
+                    crate::quant_kernels::attend_row(
+                        query_row,
+                        key_values.get(key_base..).unwrap_or(&[]),
+                        key_row_stride,
+                        value_values.get(value_base..).unwrap_or(&[]),
+                        value_row_stride,
+                        mask_values,
+                        scale,
+                        &mut probabilities[query * key_count..(query + 1) * key_count],
+                        &mut outputs[query * head_dim..(query + 1) * head_dim],
+                    );
+                }
+            }
+        });
+    drop((query_storage, key_storage, value_storage, mask_parts));
+    let device = queries.device();
+    Ok(Some((
+        Tensor::from_vec(output, (batch, heads, seq, head_dim), device)?,
+        Tensor::from_vec(probabilities, (batch, heads, seq, key_count), device)?,
+    )))
 }
 
 #[cfg(test)]

@@ -572,6 +572,91 @@ fn tile<const R: usize>(
     }
 }
 
+/// One query row of attention: `scores[k] = softmax_k(query · key_k * scale + mask[k])`
+/// and `output = Σ_k scores[k] value_k`. Key `k` is `keys[k * key_stride..][..dim]`
+/// and value `k` is `values[k * value_stride..][..dim]` (rows of a strided cache), `dim`
+/// being `query.len()`; `scores` holds one slot per key, `output` (`dim` values) is
+/// overwritten. Compiled twice (AVX2 + FMA and portable) from one body, the vector
+/// version chosen at run time: the default target's SSE2 halves the width.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_row(
+    query: &[f32],
+    keys: &[f32],
+    key_stride: usize,
+    values: &[f32],
+    value_stride: usize,
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut [f32],
+    output: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if SimdLevel::detect() != SimdLevel::Portable {
+        // SAFETY: every level but the portable one has AVX2 and FMA (`SimdLevel::detect`
+        // checked them on this CPU).
+        unsafe {
+            x86::attend_row_avx2(query, keys, key_stride, values, value_stride, mask, scale, scores, output)
+        };
+        return;
+    }
+    attend_row_body(query, keys, key_stride, values, value_stride, mask, scale, scores, output);
+}
+
+/// The body of [`attend_row`], inlined into each compiled version.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_row_body(
+    query: &[f32],
+    keys: &[f32],
+    key_stride: usize,
+    values: &[f32],
+    value_stride: usize,
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut [f32],
+    output: &mut [f32],
+) {
+    let dim = query.len();
+    let mut largest = f32::NEG_INFINITY;
+    for (key, score) in scores.iter_mut().enumerate() {
+        let key_row = keys.get(key * key_stride..key * key_stride + dim).unwrap_or(&[]);
+        // Eight independent lanes, so the sum is not one serial chain.
+        let mut lanes = [0f32; 8];
+        for (a, b) in query.chunks_exact(8).zip(key_row.chunks_exact(8)) {
+            for lane in 0..8 {
+                lanes[lane] += a[lane] * b[lane];
+            }
+        }
+        let tail: f32 = query
+            .chunks_exact(8)
+            .remainder()
+            .iter()
+            .zip(key_row.chunks_exact(8).remainder())
+            .map(|(a, b)| a * b)
+            .sum();
+        let dot =
+            ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        let hidden = mask.and_then(|mask| mask.get(key)).copied().unwrap_or(0.0);
+        *score = (dot + tail) * scale + hidden;
+        largest = largest.max(*score);
+    }
+    let mut total = 0f32;
+    for score in scores.iter_mut() {
+        *score = (*score - largest).exp();
+        total += *score;
+    }
+    let inverse = 1.0 / total;
+    output.iter_mut().for_each(|value| *value = 0.0);
+    for (key, score) in scores.iter_mut().enumerate() {
+        *score *= inverse;
+        let weight = *score;
+        let value_row = values.get(key * value_stride..key * value_stride + dim).unwrap_or(&[]);
+        for (out, value) in output.iter_mut().zip(value_row) {
+            *out += weight * value;
+        }
+    }
+}
+
 /// IEEE half precision bits to f32 (GGUF stores block scales as f16).
 pub fn f16_bits_to_f32(bits: u16) -> f32 {
     let sign = u32::from(bits & 0x8000) << 16;
@@ -624,6 +709,26 @@ mod x86 {
             // SAFETY: the array is 16 readable bytes; `loadu` has no alignment requirement.
             Some(array) => _mm256_cvtph_ps(unsafe { _mm_loadu_si128(array.as_ptr().cast()) }),
             None => _mm256_setzero_ps(),
+        }
+    }
+
+    /// How far ahead of the block being multiplied its successors are requested. Weights
+    /// stream from memory once per decode step and the hardware prefetcher stops at every
+    /// 4 KiB page; asking for the lines about a page ahead measured 10-20% faster
+    /// single-row decode here (1,024 and 2,048 bytes gained less).
+    const PREFETCH_DISTANCE: usize = 4096;
+
+    /// Asks for the cache lines `distance` bytes past the start of `block`, one per 64
+    /// bytes of the block.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn prefetch_ahead(block: &[u8], distance: usize) {
+        let ahead = block.as_ptr().wrapping_add(distance);
+        let mut offset = 0;
+        while offset < block.len() {
+            // A prefetch is only a hint: it never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(offset).cast());
+            offset += 64;
         }
     }
 
@@ -761,6 +866,7 @@ mod x86 {
                 let header = PackedMatrix::header_bytes(kind);
                 let mut totals = [_mm256_setzero_ps(); R];
                 for (block_index, block) in weights.chunks_exact(block_bytes).enumerate() {
+                    prefetch_ahead(block, PREFETCH_DISTANCE);
                     let scales = load_8_halves(block);
                     let quants = block.get(header..).unwrap_or(&[]);
                     let sums = match kind {
@@ -792,6 +898,134 @@ mod x86 {
                 outputs
             }
         };
+    }
+
+    /// [`super::attend_row`] with AVX2 and FMA: each score one fused multiply-add
+    /// chain per eight dimensions, the weighted sum of values one pass per eight output
+    /// dimensions with the sum held in a register. Rows whose dimension is not a
+    /// multiple of 8, or slices too short for every row, take the portable body.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn attend_row_avx2(
+        query: &[f32],
+        keys: &[f32],
+        key_stride: usize,
+        values: &[f32],
+        value_stride: usize,
+        mask: Option<&[f32]>,
+        scale: f32,
+        scores: &mut [f32],
+        output: &mut [f32],
+    ) {
+        let dim = query.len();
+        let count = scores.len();
+        let reaches = |len: usize, stride: usize| count == 0 || (count - 1) * stride + dim <= len;
+        if !dim.is_multiple_of(8)
+            || output.len() != dim
+            || !reaches(keys.len(), key_stride)
+            || !reaches(values.len(), value_stride)
+            || mask.is_some_and(|mask| mask.len() < count)
+        {
+            super::attend_row_body(
+                query,
+                keys,
+                key_stride,
+                values,
+                value_stride,
+                mask,
+                scale,
+                scores,
+                output,
+            );
+            return;
+        }
+        let mut largest = f32::NEG_INFINITY;
+        for (key, score) in scores.iter_mut().enumerate() {
+            let row = keys[key * key_stride..].as_ptr();
+            let mut even = _mm256_setzero_ps();
+            let mut odd = _mm256_setzero_ps();
+            let mut at = 0;
+            while at + 16 <= dim {
+                // SAFETY: `at + 16 <= dim`, `query` holds `dim` values and the check above
+                // gave every key row `dim` values; `loadu` has no alignment requirement.
+                unsafe {
+                    even = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(query.as_ptr().add(at)),
+                        _mm256_loadu_ps(row.add(at)),
+                        even,
+                    );
+                    odd = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(query.as_ptr().add(at + 8)),
+                        _mm256_loadu_ps(row.add(at + 8)),
+                        odd,
+                    );
+                }
+                at += 16;
+            }
+            if at < dim {
+                // SAFETY: as above, `at + 8 == dim`.
+                unsafe {
+                    even = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(query.as_ptr().add(at)),
+                        _mm256_loadu_ps(row.add(at)),
+                        even,
+                    );
+                }
+            }
+            let sum = _mm256_add_ps(even, odd);
+            let halves = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+            let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+            let dot = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)));
+            let hidden = mask.map_or(0.0, |mask| mask[key]);
+            *score = dot * scale + hidden;
+            largest = largest.max(*score);
+        }
+        let mut total = 0f32;
+        for score in scores.iter_mut() {
+            *score = (*score - largest).exp();
+            total += *score;
+        }
+        let inverse = 1.0 / total;
+        scores.iter_mut().for_each(|score| *score *= inverse);
+        // Eight output chunks at a time (all of a 64-wide head): eight independent
+        // multiply-add chains per key instead of one chain waiting on itself.
+        let mut first = 0;
+        while first < dim {
+            if first + 64 <= dim {
+                weighted_sum::<8>(scores, values, value_stride, first, &mut output[first..first + 64]);
+                first += 64;
+            } else {
+                weighted_sum::<1>(scores, values, value_stride, first, &mut output[first..first + 8]);
+                first += 8;
+            }
+        }
+    }
+
+    /// `output[8c..8c + 8] = Σ_k weights[k] values[k * stride + first + 8c..]` for the
+    /// `C` chunks of `output`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn weighted_sum<const C: usize>(
+        weights: &[f32],
+        values: &[f32],
+        stride: usize,
+        first: usize,
+        output: &mut [f32],
+    ) {
+        let mut sums = [_mm256_setzero_ps(); C];
+        for (key, &weight) in weights.iter().enumerate() {
+            let weight = _mm256_set1_ps(weight);
+            let row = values[key * stride + first..].as_ptr();
+            for (chunk, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: the caller checked that every value row holds the `dim` values
+                // that `first + 8 * C` stays within; `loadu` has no alignment requirement.
+                *sum = _mm256_fmadd_ps(weight, unsafe { _mm256_loadu_ps(row.add(chunk * 8)) }, *sum);
+            }
+        }
+        for (out, sum) in output.chunks_exact_mut(8).zip(sums) {
+            // SAFETY: `out` is 8 writable f32; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+        }
     }
 
     kernel!(group_avx2, "avx2,fma,f16c", q8_sums_avx2, q4_sums_avx2);
