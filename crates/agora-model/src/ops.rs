@@ -353,8 +353,8 @@ fn fits(len: usize, offset: usize, dims: &[usize], strides: &[usize]) -> bool {
 /// [`attention`] without a backward pass, in one loop per query head reading the keys
 /// and values where they lie (the cache's reserved room is strided): no transposed
 /// copies, no matrix-product set-up, which dominate for the single query row of a
-/// decode step. `None` when some input records a gradient or is not f32 in CPU memory
-/// (the composed path handles those).
+/// decode step. `None` for prompts (more than one query row), and when some input records
+/// a gradient or is not f32 in CPU memory (the composed path handles those).
 fn attention_fused(
     queries: &Tensor,
     keys: &Tensor,
@@ -369,6 +369,11 @@ fn attention_fused(
         return Ok(None);
     }
     let (batch, heads, seq, head_dim) = queries.dims4()?;
+    // Prompts (several query rows) go to candle's matrix products, which batch the rows;
+    // the loop wins for the single row of a decode step.
+    if seq > 1 {
+        return Ok(None);
+    }
     let (key_batch, kv_heads, key_count, key_dim) = keys.dims4()?;
     if keys.dims() != values.dims() || key_batch != batch || key_dim != head_dim {
         return Err(ModelError::Config(format!(

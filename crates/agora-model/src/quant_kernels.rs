@@ -135,21 +135,35 @@ impl PackedMatrix {
                 data.len()
             ));
         }
+        // A group of 8 rows occupies the same byte range in both layouts, so the
+        // interleaving is done in place, one group at a time, through a group-sized
+        // scratch buffer: loading a model never holds a second copy of a matrix (the
+        // peak-memory target is 1.3x the file).
         let mut matrix = PackedMatrix { kind, rows, columns, interleaved: Vec::new() };
         let block_bytes = kind.block_bytes();
         let blocks = columns / BLOCK;
-        matrix.interleaved = vec![0u8; rows.div_ceil(GROUP_ROWS) * blocks * GROUP_ROWS * block_bytes];
-        for (row, gguf_row) in data.chunks_exact(blocks * block_bytes).enumerate() {
-            for (block, gguf_block) in gguf_row.chunks_exact(block_bytes).enumerate() {
-                for (source, target) in matrix.block_byte_places(row, block) {
-                    if let (Some(&byte), Some(slot)) =
-                        (gguf_block.get(source), matrix.interleaved.get_mut(target))
-                    {
-                        *slot = byte;
+        let group_bytes = GROUP_ROWS * blocks * block_bytes;
+        let mut interleaved = data;
+        interleaved.resize(rows.div_ceil(GROUP_ROWS) * group_bytes, 0);
+        let mut scratch = vec![0u8; group_bytes];
+        for (group, target) in interleaved.chunks_exact_mut(group_bytes.max(1)).enumerate() {
+            scratch.copy_from_slice(target);
+            let group_start = group * group_bytes;
+            for lane in 0..GROUP_ROWS {
+                let row = group * GROUP_ROWS + lane;
+                for block in 0..blocks {
+                    let start = (lane * blocks + block) * block_bytes;
+                    let Some(gguf_block) = scratch.get(start..start + block_bytes) else { continue };
+                    for (source, place) in matrix.block_byte_places(row, block) {
+                        let slot = place.checked_sub(group_start).and_then(|place| target.get_mut(place));
+                        if let (Some(&byte), Some(slot)) = (gguf_block.get(source), slot) {
+                            *slot = byte;
+                        }
                     }
                 }
             }
         }
+        matrix.interleaved = interleaved;
         Ok(matrix)
     }
 
