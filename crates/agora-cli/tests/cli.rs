@@ -2,47 +2,14 @@
 //! one-line errors for malformed input, idempotent imports and the quickstart.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::{agora, fails, json, ok};
+
+mod support;
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data")
-}
-
-fn agora(workspace: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agora"))
-        .args(args)
-        .arg("--workspace")
-        .arg(workspace)
-        .env_remove("AGORA_WORKSPACE")
-        .output()
-        .expect("the agora binary runs")
-}
-
-fn ok(workspace: &Path, args: &[&str]) -> String {
-    let output = agora(workspace, args);
-    assert!(output.status.success(), "agora {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("stdout is UTF-8")
-}
-
-fn json(workspace: &Path, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&ok(workspace, &args)).expect("--json prints JSON")
-}
-
-/// Runs a command that must fail; returns its error line (the first stderr line).
-fn fails(workspace: &Path, args: &[&str]) -> String {
-    let output = agora(workspace, args);
-    assert!(!output.status.success(), "agora {args:?} should fail");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let mut lines = stderr.lines().filter(|line| !line.starts_with("hint:"));
-    let first = lines.next().unwrap_or_default().to_string();
-    assert!(first.starts_with("error: "), "{stderr}");
-    assert_eq!(lines.next(), None, "the error takes one line:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    first
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

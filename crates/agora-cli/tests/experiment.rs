@@ -4,10 +4,14 @@
 //! ../shared/data planned and run without edits (when that folder exists); bad files.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{agora, command, fails, json, ok};
+
+mod support;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -15,40 +19,6 @@ fn repo() -> PathBuf {
 
 fn quickstart_file() -> PathBuf {
     repo().join("examples/experiments/quickstart.toml")
-}
-
-fn command(workspace: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agora"));
-    command.args(args).arg("--workspace").arg(workspace).env_remove("AGORA_WORKSPACE");
-    command
-}
-
-fn agora(workspace: &Path, args: &[&str]) -> Output {
-    command(workspace, args).output().expect("the agora binary runs")
-}
-
-fn ok(workspace: &Path, args: &[&str]) -> String {
-    let output = agora(workspace, args);
-    assert!(output.status.success(), "agora {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("stdout is UTF-8")
-}
-
-fn json(workspace: &Path, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&ok(workspace, &args)).expect("--json prints JSON")
-}
-
-fn fails(workspace: &Path, args: &[&str]) -> String {
-    let output = agora(workspace, args);
-    assert!(!output.status.success(), "agora {args:?} should fail");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let mut lines = stderr.lines().filter(|line| !line.starts_with("hint:"));
-    let first = lines.next().unwrap_or_default().to_string();
-    assert!(first.starts_with("error: "), "{stderr}");
-    assert_eq!(lines.next(), None, "the error takes one line:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    first
 }
 
 fn path(path: &Path) -> &str {

@@ -65,6 +65,8 @@ pub fn run(settings: &Settings, command: ExperimentCommand) -> anyhow::Result<()
 /// An experiment file, read and checked, with the folder its paths are relative to.
 pub struct LoadedExperiment {
     pub experiment: Experiment,
+    /// The file's text as read (kept with every run).
+    pub text: String,
     pub folder: PathBuf,
     pub file: PathBuf,
 }
@@ -75,7 +77,7 @@ impl LoadedExperiment {
             .with_context(|| format!("cannot read experiment file {}", file.display()))?;
         let experiment = Experiment::from_toml(&text, &file.display().to_string())?;
         let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(LoadedExperiment { experiment, folder, file: file.to_path_buf() })
+        Ok(LoadedExperiment { experiment, text, folder, file: file.to_path_buf() })
     }
 
     /// A path of the file, resolved against the file's folder.
@@ -209,14 +211,12 @@ pub fn run_stages(settings: &Settings, args: &StageArgs, stages: &[Stage]) -> an
 /// job `<name>/experiment` under the hash of its text (so the file can be changed and each
 /// result still traced to the file that made it).
 fn record_experiment_file(store: &Store, loaded: &LoadedExperiment) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&loaded.file)
-        .with_context(|| format!("cannot read experiment file {}", loaded.file.display()))?;
     let job = format!("{}/experiment", loaded.experiment.name);
     store.ensure_job(&job, "experiment", &serde_json::json!({}))?;
-    let hash = agora_sim::prompt::text_hash(&text);
+    let hash = agora_sim::prompt::text_hash(&loaded.text);
     let value = serde_json::json!({
         "file": loaded.file.display().to_string(),
-        "text": text,
+        "text": loaded.text,
         "resolved": loaded.experiment,
     });
     store.record_unit(&job, &hash, &value)?;
