@@ -20,6 +20,7 @@ pub mod quant_kernels;
 pub mod sampling;
 pub mod scoring;
 mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use candle_core::{DType, Device, Tensor};
