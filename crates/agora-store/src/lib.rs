@@ -1,6 +1,7 @@
 //! The workspace store: one SQLite file per workspace (WAL mode) holding corpora,
-//! conversations and turns, personas and texts, annotations, and the job ledger that
-//! lets long jobs resume after a crash with nothing lost and nothing duplicated.
+//! conversations and turns, personas and texts, annotations, the job ledger that
+//! lets long jobs resume after a crash with nothing lost and nothing duplicated, and the
+//! register of training runs.
 //!
 //! This is the only crate that writes SQL. Callers see plain agora-core types.
 
@@ -8,6 +9,7 @@ mod conversations;
 mod error;
 mod jobs;
 mod library;
+mod runs;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ pub use conversations::{CorpusSummary, ImportBatch, ImportCounts, Stats};
 pub use error::StoreError;
 pub use jobs::{JobInfo, JobStatus, Unit};
 pub use library::NamedText;
+pub use runs::RunRecord;
 
 /// The file name of the store inside a workspace folder.
 pub const STORE_FILE: &str = "agora.sqlite";

@@ -78,6 +78,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         finished_at  TEXT NOT NULL,
         PRIMARY KEY (job_id, unit_key)
     ) WITHOUT ROWID;",
+    // 2: the register of training runs (their files live in the run folders).
+    "CREATE TABLE runs (
+        id          TEXT PRIMARY KEY,
+        dir         TEXT NOT NULL,
+        method      TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        config      TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        summary     TEXT,
+        sweep       TEXT,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE INDEX runs_by_sweep ON runs(sweep, id);",
 ];
 
 pub(crate) fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
