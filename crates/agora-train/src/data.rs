@@ -255,7 +255,10 @@ fn layout_keys(record: &Map<String, Value>) -> Vec<&'static str> {
 fn wrong_layout(at: &Place<'_>, record: &Map<String, Value>, expected: &str) -> TrainError {
     let found: Vec<String> = record.keys().map(|key| format!("`{key}`")).collect();
     let found = if found.is_empty() { "none".to_owned() } else { found.join(", ") };
-    at.error("", format!("the record's keys ({found}) match no layout this file is read as; expected {expected}"))
+    at.error(
+        "",
+        format!("the record's keys ({found}) match no layout this file is read as; expected {expected}"),
+    )
 }
 
 enum SftLayout {
@@ -293,7 +296,9 @@ impl Content {
     fn is_blank(&self) -> bool {
         match self {
             Content::Standard(text) => text.trim().is_empty(),
-            Content::Conversation(messages) => messages.iter().all(|message| message.content.trim().is_empty()),
+            Content::Conversation(messages) => {
+                messages.iter().all(|message| message.content.trim().is_empty())
+            }
         }
     }
 }
@@ -302,10 +307,9 @@ fn read_content(at: &Place<'_>, record: &Map<String, Value>, field: &str) -> Res
     match record.get(field) {
         Some(Value::String(text)) => Ok(Content::Standard(text.clone())),
         Some(Value::Array(items)) => read_messages(at, field, items).map(Content::Conversation),
-        Some(other) => Err(at.error(
-            field,
-            format!("expected a string or a list of messages, found {}", kind_of(other)),
-        )),
+        Some(other) => {
+            Err(at.error(field, format!("expected a string or a list of messages, found {}", kind_of(other))))
+        }
         None => Err(at.error(field, "missing")),
     }
 }
@@ -406,11 +410,15 @@ impl<'a> Encoder<'a> {
         })
     }
 
-    fn render(&self, at: &Place<'_>, field: &str, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    fn render(
+        &self,
+        at: &Place<'_>,
+        field: &str,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self.template(at, field)?;
-        template
-            .render(messages, add_generation_prompt)
-            .map_err(|error| at.error(field, error.to_string()))
+        template.render(messages, add_generation_prompt).map_err(|error| at.error(field, error.to_string()))
     }
 
     /// Prompt ids: a standard prompt with the tokenizer's special tokens, a conversation
@@ -601,7 +609,8 @@ impl<'a> Encoder<'a> {
         if chosen.is_conversational() != prompt.is_conversational()
             || rejected.is_conversational() != prompt.is_conversational()
         {
-            let field = if chosen.is_conversational() != prompt.is_conversational() { "chosen" } else { "rejected" };
+            let field =
+                if chosen.is_conversational() != prompt.is_conversational() { "chosen" } else { "rejected" };
             return Err(at.error(
                 field,
                 "the prompt, chosen and rejected must all be strings or all be lists of messages",
@@ -626,7 +635,12 @@ impl<'a> Encoder<'a> {
             return Ok(Err(SKIP_TOO_LONG));
         }
         truncate_prompt(&mut prompt_ids, options, at.line, report);
-        Ok(Ok(PreferencePair { prompt: prompt_ids, chosen: chosen_ids, rejected: rejected_ids, line: at.line }))
+        Ok(Ok(PreferencePair {
+            prompt: prompt_ids,
+            chosen: chosen_ids,
+            rejected: rejected_ids,
+            line: at.line,
+        }))
     }
 
     /// A DPO completion: every token is scored, so a rendered turn is cut after its
@@ -654,7 +668,11 @@ const PREFIX_MISMATCH: &str = "the chat template renders the conversation so tha
 
 /// TRL's implicit prompt: the longest shared beginning of `chosen` and `rejected` (whole
 /// messages for conversations; for strings, characters, not cutting after a space).
-fn split_implicit_prompt(at: &Place<'_>, chosen: Content, rejected: Content) -> Result<(Content, Content, Content)> {
+fn split_implicit_prompt(
+    at: &Place<'_>,
+    chosen: Content,
+    rejected: Content,
+) -> Result<(Content, Content, Content)> {
     match (chosen, rejected) {
         (Content::Conversation(chosen), Content::Conversation(rejected)) => {
             let shared = chosen.iter().zip(&rejected).take_while(|(left, right)| left == right).count();
@@ -681,6 +699,8 @@ fn split_implicit_prompt(at: &Place<'_>, chosen: Content, rejected: Content) -> 
                 Content::Standard(rejected[shared..].to_owned()),
             ))
         }
-        _ => Err(at.error("rejected", "`chosen` and `rejected` must both be strings or both be lists of messages")),
+        _ => Err(
+            at.error("rejected", "`chosen` and `rejected` must both be strings or both be lists of messages")
+        ),
     }
 }

@@ -18,6 +18,6 @@ pub use error::{Result, TrainError};
 pub use personagpt::{PERSONAGPT_TOKENS, personagpt_examples};
 pub use plot::{Series, line_chart_svg};
 pub use sweep::{
-    Distribution, Goal, Sweep, SweepMethod, SweepMetric, SweepParameter, Trial, apply_overrides, read_sweep,
-    rank_trials,
+    Distribution, Goal, Sweep, SweepMethod, SweepMetric, SweepParameter, Trial, apply_overrides, rank_trials,
+    read_sweep,
 };

@@ -179,6 +179,12 @@ impl SpecialTokens {
                 TrainError::Other(format!("{token} is not one of PersonaGPT's special tokens"))
             })
         };
-        Ok(SpecialTokens { sep: id("<|sep|>")?, start: id("<|start|>")?, p1: id("<|p1|>")?, p2: id("<|p2|>")?, eos })
+        Ok(SpecialTokens {
+            sep: id("<|sep|>")?,
+            start: id("<|start|>")?,
+            p1: id("<|p1|>")?,
+            p2: id("<|p2|>")?,
+            eos,
+        })
     }
 }

@@ -18,7 +18,8 @@ const TOP: f64 = 44.0;
 const BOTTOM: f64 = 56.0;
 /// Tableau 10: distinguishable colours, cycled beyond ten series.
 const PALETTE: [&str; 10] = [
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+    "#bab0ac",
 ];
 
 /// A chart of `series` with axes, ticks, labels and a legend. Points with a NaN or
@@ -30,7 +31,8 @@ pub fn line_chart_svg(title: &str, x_label: &str, series: &[Series]) -> String {
         .map(|one| one.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect())
         .collect();
     let all = finite.iter().flatten();
-    let (x_range, y_range) = all.fold((Range::EMPTY, Range::EMPTY), |(xs, ys), &(x, y)| (xs.with(x), ys.with(y)));
+    let (x_range, y_range) =
+        all.fold((Range::EMPTY, Range::EMPTY), |(xs, ys), &(x, y)| (xs.with(x), ys.with(y)));
 
     let plot_width = WIDTH - LEFT - RIGHT;
     let plot_height = HEIGHT - TOP - BOTTOM;
@@ -181,8 +183,9 @@ fn ticks(range: Range) -> (Vec<f64>, Axis) {
         .map(|factor| factor * magnitude)
         .find(|step| *step >= raw_step)
         .unwrap_or(10.0 * magnitude);
-    let first = (low / step).floor() * step;
-    let last = (high / step).ceil() * step;
+    // The tolerance keeps 1.2 / 0.2 = 5.999... from adding a tick below the data.
+    let first = (low / step + 1e-9).floor() * step;
+    let last = (high / step - 1e-9).ceil() * step;
     let count = ((last - first) / step).round() as usize;
     let ticks = (0..=count).map(|index| first + step * index as f64).collect();
     (ticks, Axis { low: first, high: last, step })
@@ -286,12 +289,22 @@ mod tests {
         }
     }
 
+    fn ticks_of(low: f64, high: f64) -> (Vec<f64>, Axis) {
+        ticks(Range { low, high })
+    }
+
     #[test]
     fn ticks_are_round_and_cover_the_data() {
         let (ticks, axis) = ticks(Range { low: 0.13, high: 2.71 });
-        assert_eq!(axis.step, 0.5);
-        assert_eq!(ticks.first().copied(), Some(0.0));
-        assert_eq!(ticks.last().copied(), Some(3.0));
+        assert_eq!(axis.step, 1.0);
+        assert_eq!(ticks, [0.0, 1.0, 2.0, 3.0]);
+        let (ticks, axis) = ticks_of(1.2, 1.9);
+        assert_eq!(axis.step, 0.2);
+        assert_eq!(ticks.len(), 5);
+        assert!((axis.low - 1.2).abs() < 1e-12 && (axis.high - 2.0).abs() < 1e-12, "{axis:?}");
+        assert_eq!(format_tick(axis.low, axis.step), "1.2");
+        let (ticks, _) = ticks_of(4.0, 4.0);
+        assert!(ticks.first().unwrap() <= &3.6 && ticks.last().unwrap() >= &4.4, "a flat line gets room");
         assert_eq!(format_tick(1.5, 0.5), "1.5");
         assert_eq!(format_tick(2e-5, 1e-5), "2.0e-5");
         assert_eq!(format_tick(300.0, 100.0), "300");

@@ -104,11 +104,20 @@ pub struct SweepParameter {
 pub enum Distribution {
     /// These values (drawn uniformly by a random search).
     Values(Vec<Value>),
-    Uniform { min: f64, max: f64 },
+    Uniform {
+        min: f64,
+        max: f64,
+    },
     /// Uniform in log space between `min` and `max` (both > 0).
-    LogUniform { min: f64, max: f64 },
+    LogUniform {
+        min: f64,
+        max: f64,
+    },
     /// An integer in `min..=max`.
-    IntUniform { min: i64, max: i64 },
+    IntUniform {
+        min: i64,
+        max: i64,
+    },
 }
 
 /// One combination of overrides; `index` is its 0-based position in the sweep.
@@ -121,7 +130,8 @@ pub struct Trial {
 impl Trial {
     /// `optimizer.learning_rate=0.0001, training.batch_size=4`, for tables and run names.
     pub fn describe(&self) -> String {
-        let parts: Vec<String> = self.overrides.iter().map(|(path, value)| format!("{path}={value}")).collect();
+        let parts: Vec<String> =
+            self.overrides.iter().map(|(path, value)| format!("{path}={value}")).collect();
         parts.join(", ")
     }
 }
@@ -133,10 +143,11 @@ pub fn read_sweep(path: &Path) -> Result<Sweep> {
     let is_json = path.extension().is_some_and(|extension| extension.eq_ignore_ascii_case("json"))
         || text.trim_start().starts_with('{');
     let document: Value = if is_json {
-        serde_json::from_str(&text).map_err(|error| TrainError::config(path, format!("not valid JSON: {error}")))?
+        serde_json::from_str(&text)
+            .map_err(|error| TrainError::config(path, format!("not valid JSON: {error}")))?
     } else {
-        let table: toml::Table =
-            toml::from_str(&text).map_err(|error| TrainError::config(path, format!("not valid TOML: {error}")))?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|error| TrainError::config(path, format!("not valid TOML: {error}")))?;
         serde_json::to_value(table).map_err(|error| TrainError::config(path, error.to_string()))?
     };
     let Value::Object(document) = document else {
@@ -166,9 +177,13 @@ fn parse_sweep(path: &Path, document: &Map<String, Value>, wandb: bool) -> Resul
             None => return Err(error("a random search needs `count`, the number of trials".into())),
         },
         Some("bayes") => {
-            return Err(error("Bayesian search (`bayes`) is not supported; use \"grid\" or \"random\"".into()));
+            return Err(error(
+                "Bayesian search (`bayes`) is not supported; use \"grid\" or \"random\"".into(),
+            ));
         }
-        Some(other) => return Err(error(format!("unknown `method` {other:?} (known: \"grid\", \"random\")"))),
+        Some(other) => {
+            return Err(error(format!("unknown `method` {other:?} (known: \"grid\", \"random\")")));
+        }
         None => return Err(error("missing `method` (\"grid\" or \"random\")".into())),
     };
     let base = match document.get("base") {
@@ -186,12 +201,13 @@ fn parse_sweep(path: &Path, document: &Map<String, Value>, wandb: bool) -> Resul
     };
     let mut parsed: Vec<SweepParameter> = Vec::with_capacity(parameters.len());
     for (name, spec) in parameters {
-        let config_path = config_path(name).map_err(|message| error(format!("parameter `{name}`: {message}")))?;
+        let config_path =
+            config_path(name).map_err(|message| error(format!("parameter `{name}`: {message}")))?;
         if parsed.iter().any(|parameter| parameter.path == config_path) {
             return Err(error(format!("parameter `{name}`: `{config_path}` is swept twice")));
         }
-        let values =
-            parse_distribution(spec, wandb).map_err(|message| error(format!("parameter `{name}`: {message}")))?;
+        let values = parse_distribution(spec, wandb)
+            .map_err(|message| error(format!("parameter `{name}`: {message}")))?;
         parsed.push(SweepParameter { path: config_path, values });
     }
     Ok(Sweep { method, metric, parameters: parsed, base })
@@ -274,7 +290,9 @@ fn parse_distribution(spec: &Value, wandb: bool) -> std::result::Result<Distribu
         },
         // W&B's `log_uniform` takes exponents; agora's TOML takes the values themselves.
         "log_uniform" if wandb => Ok(Distribution::LogUniform { min: low.exp(), max: high.exp() }),
-        "log_uniform" | "log_uniform_values" if low > 0.0 => Ok(Distribution::LogUniform { min: low, max: high }),
+        "log_uniform" | "log_uniform_values" if low > 0.0 => {
+            Ok(Distribution::LogUniform { min: low, max: high })
+        }
         "log_uniform" | "log_uniform_values" => Err("a log-uniform range needs `min` > 0".into()),
         other => Err(format!(
             "unsupported distribution {other:?} (supported: uniform, int_uniform, log_uniform, log_uniform_values)"
@@ -339,7 +357,11 @@ impl Sweep {
                 })
                 .collect();
         }
-        Ok(combinations.into_iter().enumerate().map(|(index, overrides)| Trial { index, overrides }).collect())
+        Ok(combinations
+            .into_iter()
+            .enumerate()
+            .map(|(index, overrides)| Trial { index, overrides })
+            .collect())
     }
 
     /// How many trials [`trials`](Self::trials) gives.
@@ -360,7 +382,9 @@ impl Sweep {
 
 fn draw(distribution: &Distribution, rng: &mut SplitMix64) -> Value {
     match distribution {
-        Distribution::Values(values) => values.get(rng.below(values.len().max(1))).cloned().unwrap_or(Value::Null),
+        Distribution::Values(values) => {
+            values.get(rng.below(values.len().max(1))).cloned().unwrap_or(Value::Null)
+        }
         Distribution::Uniform { min, max } => float_value(min + (max - min) * rng.next_f64()),
         Distribution::LogUniform { min, max } => {
             let (low, high) = (min.ln(), max.ln());
@@ -382,8 +406,9 @@ fn float_value(number: f64) -> Value {
 /// value of the wrong kind is left for the config's own deserialisation to report.
 pub fn apply_overrides(config: &mut toml::Value, overrides: &[(String, Value)]) -> Result<()> {
     for (path, value) in overrides {
-        let converted = toml::Value::try_from(value)
-            .map_err(|error| TrainError::Other(format!("override `{path}` = {value}: not a TOML value: {error}")))?;
+        let converted = toml::Value::try_from(value).map_err(|error| {
+            TrainError::Other(format!("override `{path}` = {value}: not a TOML value: {error}"))
+        })?;
         let parts: Vec<&str> = path.split('.').collect();
         let Some((last, tables)) = parts.split_last() else {
             continue;
@@ -399,7 +424,10 @@ pub fn apply_overrides(config: &mut toml::Value, overrides: &[(String, Value)]) 
             current = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         }
         let toml::Value::Table(table) = current else {
-            return Err(TrainError::Other(format!("override `{path}`: `{}` is not a table", tables.join("."))));
+            return Err(TrainError::Other(format!(
+                "override `{path}`: `{}` is not a table",
+                tables.join(".")
+            )));
         };
         table.insert(last.to_string(), converted);
     }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use agora_core::{Conversation, Participant, Persona, Role, Source, Turn};
 use agora_model::{ChatTemplate, Message, Tokenizer};
-use agora_train::data::{SKIP_CHOSEN_EQUALS_REJECTED, SKIP_EMPTY_COMPLETION, SKIP_NO_ASSISTANT, SKIP_TOO_LONG};
+use agora_train::data::{
+    SKIP_CHOSEN_EQUALS_REJECTED, SKIP_EMPTY_COMPLETION, SKIP_NO_ASSISTANT, SKIP_TOO_LONG,
+};
 use agora_train::{
     DataOptions, PERSONAGPT_TOKENS, TokenizedExample, load_preferences, load_sft, personagpt_examples,
 };
@@ -85,7 +87,8 @@ fn messages_learn_every_assistant_turn_with_its_end_of_turn_token() {
 
     let second = &examples[1];
     assert_eq!(second.line, 2);
-    let whole = format!("{DEFAULT_SYSTEM}<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n");
+    let whole =
+        format!("{DEFAULT_SYSTEM}<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n");
     assert_eq!(decode(&tokenizer, &second.tokens), whole);
     assert_eq!(learned(&tokenizer, second), ["Hello.<|im_end|>"]);
 }
@@ -128,11 +131,11 @@ fn conversational_prompt_completion_cuts_at_the_generation_prompt() {
     let tokenizer = tokenizer();
     let template = template(&tokenizer);
     let (examples, _) =
-        load_sft(&fixture("sft_prompt_completion_chat.jsonl"), &tokenizer, Some(&template), &options()).unwrap();
+        load_sft(&fixture("sft_prompt_completion_chat.jsonl"), &tokenizer, Some(&template), &options())
+            .unwrap();
     let example = &examples[0];
-    let prompt = template
-        .render(&[Message::system("Be kind."), Message::user("Is 12 a lot?")], true)
-        .unwrap();
+    let prompt =
+        template.render(&[Message::system("Be kind."), Message::user("Is 12 a lot?")], true).unwrap();
     let prompt_ids = tokenizer.encode(&prompt, false).unwrap();
     assert_eq!(&example.tokens[..prompt_ids.len()], prompt_ids.as_slice());
     assert_eq!(learned(&tokenizer, example), ["Twelve is a dozen.<|im_end|>"]);
@@ -142,7 +145,8 @@ fn conversational_prompt_completion_cuts_at_the_generation_prompt() {
 #[test]
 fn standard_preferences_with_their_skips() {
     let tokenizer = tokenizer();
-    let (pairs, report) = load_preferences(&fixture("preference.jsonl"), &tokenizer, None, &options()).unwrap();
+    let (pairs, report) =
+        load_preferences(&fixture("preference.jsonl"), &tokenizer, None, &options()).unwrap();
     assert_eq!((report.records, report.kept), (3, 1));
     assert_eq!(report.skipped_for(SKIP_CHOSEN_EQUALS_REJECTED), [2]);
     assert_eq!(report.skipped_for(SKIP_EMPTY_COMPLETION), [3]);
@@ -167,7 +171,8 @@ fn conversational_and_implicit_prompt_preferences() {
     let expected_prompt =
         format!("{DEFAULT_SYSTEM}<|im_start|>user\nCats are better.<|im_end|>\n<|im_start|>assistant\n");
     for file in ["preference_chat.jsonl", "preference_implicit.jsonl"] {
-        let (pairs, report) = load_preferences(&fixture(file), &tokenizer, Some(&template), &options()).unwrap();
+        let (pairs, report) =
+            load_preferences(&fixture(file), &tokenizer, Some(&template), &options()).unwrap();
         assert_eq!(report.skipped_count(), 0, "{file}");
         let pair = &pairs[0];
         assert_eq!(decode(&tokenizer, &pair.prompt), expected_prompt, "{file}");
@@ -177,7 +182,8 @@ fn conversational_and_implicit_prompt_preferences() {
     }
     // The standard implicit prompt: the shared characters, the space going with the answers.
     let (pairs, _) =
-        load_preferences(&fixture("preference_implicit.jsonl"), &tokenizer, Some(&template), &options()).unwrap();
+        load_preferences(&fixture("preference_implicit.jsonl"), &tokenizer, Some(&template), &options())
+            .unwrap();
     let pair = &pairs[1];
     assert_eq!(decode(&tokenizer, &pair.prompt), "Cats are better.");
     assert_eq!(decode(&tokenizer, &pair.chosen), " Dogs guard the house.<|im_end|>");
@@ -189,14 +195,16 @@ fn long_sequences_are_skipped_and_long_prompts_truncated_from_the_left() {
     let tokenizer = tokenizer();
     let template = template(&tokenizer);
     let short = DataOptions { max_length: 20, max_prompt_length: None };
-    let (examples, report) = load_sft(&fixture("sft_messages.jsonl"), &tokenizer, Some(&template), &short).unwrap();
+    let (examples, report) =
+        load_sft(&fixture("sft_messages.jsonl"), &tokenizer, Some(&template), &short).unwrap();
     assert!(examples.is_empty());
     assert_eq!(report.skipped_for(SKIP_TOO_LONG), [1, 2]);
     assert!(report.to_string().ends_with("2 records, 0 kept, 2 skipped (2 longer than max_length)"));
 
     let full_prompt = tokenizer.encode("Change my view: cats are better.\n\n", true).unwrap();
     let truncating = DataOptions { max_length: 1024, max_prompt_length: Some(3) };
-    let (pairs, report) = load_preferences(&fixture("preference.jsonl"), &tokenizer, None, &truncating).unwrap();
+    let (pairs, report) =
+        load_preferences(&fixture("preference.jsonl"), &tokenizer, None, &truncating).unwrap();
     assert_eq!(pairs[0].prompt, full_prompt[full_prompt.len() - 3..]);
     assert_eq!(report.truncated, [1]);
 
@@ -206,7 +214,8 @@ fn long_sequences_are_skipped_and_long_prompts_truncated_from_the_left() {
     let (pairs, _) = load_preferences(&fixture("preference.jsonl"), &tokenizer, None, &exact).unwrap();
     assert_eq!(pairs.len(), 1);
     let too_short = DataOptions { max_length: 2 + chosen_length, max_prompt_length: Some(3) };
-    let (pairs, report) = load_preferences(&fixture("preference.jsonl"), &tokenizer, None, &too_short).unwrap();
+    let (pairs, report) =
+        load_preferences(&fixture("preference.jsonl"), &tokenizer, None, &too_short).unwrap();
     assert!(pairs.is_empty());
     assert_eq!(report.skipped_for(SKIP_TOO_LONG), [1]);
 }
@@ -251,11 +260,15 @@ fn bad_data_gives_one_line_errors_naming_line_and_field() {
             "FILE:1: field `prompt`: expected a string or a list of messages, found a number",
         ),
         (
-            sft("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":null}]}\n"),
+            sft(
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":null}]}\n",
+            ),
             "FILE:1: field `messages[1].content`: expected a string, found null",
         ),
         (
-            dpo("{\"prompt\":\"a\",\"chosen\":[{\"role\":\"assistant\",\"content\":\"b\"}],\"rejected\":\"c\"}\n"),
+            dpo(
+                "{\"prompt\":\"a\",\"chosen\":[{\"role\":\"assistant\",\"content\":\"b\"}],\"rejected\":\"c\"}\n",
+            ),
             "FILE:1: field `chosen`: the prompt, chosen and rejected must all be strings or all be lists of messages",
         ),
         (
@@ -267,7 +280,8 @@ fn bad_data_gives_one_line_errors_naming_line_and_field() {
     for (got, expected) in cases {
         assert_eq!(got, expected);
     }
-    let missing = load_sft(Path::new("/nonexistent/train.jsonl"), &tokenizer(), None, &options()).unwrap_err();
+    let missing =
+        load_sft(Path::new("/nonexistent/train.jsonl"), &tokenizer(), None, &options()).unwrap_err();
     assert!(missing.to_string().starts_with("/nonexistent/train.jsonl: "), "{missing}");
 }
 
@@ -316,7 +330,8 @@ fn the_default_models_gguf_tokenizer_gives_the_same_ids() {
     let gguf_template = from_gguf.chat_template().unwrap();
     let folder_template = template(&from_folder);
     for file in ["sft_messages.jsonl", "sft_prompt_completion_chat.jsonl"] {
-        let (expected, _) = load_sft(&fixture(file), &from_folder, Some(&folder_template), &options()).unwrap();
+        let (expected, _) =
+            load_sft(&fixture(file), &from_folder, Some(&folder_template), &options()).unwrap();
         let (got, _) = load_sft(&fixture(file), &from_gguf, Some(&gguf_template), &options()).unwrap();
         assert_eq!(got, expected, "{file}");
     }
@@ -387,7 +402,9 @@ fn personagpt_layout_learns_the_bots_replies_only() {
     assert_eq!(learned(&tokenizer, &examples[0]), ["hello! i like cats.<|im_end|>"]);
     assert_eq!(
         decode(&tokenizer, &examples[1].tokens),
-        format!("{persona}hi there<|im_end|>hello! i like cats.<|im_end|>what do you do?<|im_end|>i am a nurse.<|im_end|>")
+        format!(
+            "{persona}hi there<|im_end|>hello! i like cats.<|im_end|>what do you do?<|im_end|>i am a nurse.<|im_end|>"
+        )
     );
     assert_eq!(learned(&tokenizer, &examples[1]), ["i am a nurse.<|im_end|>"]);
     assert_eq!(examples[1].line, 1);
@@ -427,7 +444,9 @@ fn personagpt_drops_the_oldest_turns_to_fit_max_length() {
     assert_eq!(report.truncated, [1, 1], "both replies lost the opening line");
     assert!(report.skipped_for(SKIP_TOO_LONG).is_empty());
     assert!(!decode(&tokenizer, &cut[0].tokens).contains("opening"));
-    assert!(decode(&tokenizer, &cut[1].tokens).ends_with("<|start|>ok.<|im_end|>and?<|im_end|>fine.<|im_end|>"));
+    assert!(
+        decode(&tokenizer, &cut[1].tokens).ends_with("<|start|>ok.<|im_end|>and?<|im_end|>fine.<|im_end|>")
+    );
     assert_eq!(learned(&tokenizer, &cut[1]), ["fine.<|im_end|>"]);
 
     let tiny = DataOptions { max_length: 5, max_prompt_length: None };
@@ -440,6 +459,9 @@ fn personagpt_drops_the_oldest_turns_to_fit_max_length() {
 fn personagpt_needs_its_special_tokens() {
     let conversation = persona_chat(vec![turn(0, Role::User, "hi"), turn(1, Role::Assistant, "hello")]);
     let error = personagpt_examples(&[conversation], &tokenizer(), &options()).unwrap_err();
-    assert!(error.to_string().contains("lacks PersonaGPT's special tokens <|sep|> <|cls|> <|start|>"), "{error}");
+    assert!(
+        error.to_string().contains("lacks PersonaGPT's special tokens <|sep|> <|cls|> <|start|>"),
+        "{error}"
+    );
     assert!(error.to_string().contains("add_special_tokens"), "{error}");
 }
