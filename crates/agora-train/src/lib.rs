@@ -6,3 +6,18 @@
 //! and runs the loop around them: schedules, gradient accumulation and clipping,
 //! evaluation, sample generations, run folders with metrics and checkpoints, resume, and
 //! sweeps.
+
+pub mod data;
+pub mod error;
+pub mod personagpt;
+pub mod plot;
+pub mod sweep;
+
+pub use data::{DataOptions, LoadReport, PreferencePair, TokenizedExample, load_preferences, load_sft};
+pub use error::{Result, TrainError};
+pub use personagpt::{PERSONAGPT_TOKENS, personagpt_examples};
+pub use plot::{Series, line_chart_svg};
+pub use sweep::{
+    Distribution, Goal, Sweep, SweepMethod, SweepMetric, SweepParameter, Trial, apply_overrides, rank_trials,
+    read_sweep,
+};
