@@ -327,11 +327,16 @@ impl LoraAdapters {
     /// `base_model` becomes `base_model_name_or_path`.
     pub fn save_peft(&self, dir: &Path, base_model: &str) -> Result<()> {
         create_dir(dir)?;
-        // The distinct last components, as PEFT writes `target_modules` after expanding
-        // `all-linear` (and a plain list of names otherwise).
-        let targets: BTreeSet<&str> = if self.config.target_modules.iter().any(|target| target == ALL_LINEAR)
-        {
-            self.layers.iter().map(|layer| last_component(layer.module())).collect()
+        // `all-linear` is written expanded to the distinct last components of the
+        // adapted layers, as PEFT does; a list is written as given, so a saved folder
+        // loads back with the same config.
+        let targets: Vec<&str> = if self.config.target_modules.iter().any(|target| target == ALL_LINEAR) {
+            let mut seen = BTreeSet::new();
+            self.layers
+                .iter()
+                .map(|layer| last_component(layer.module()))
+                .filter(|name| seen.insert(*name))
+                .collect()
         } else {
             self.config.target_modules.iter().map(String::as_str).collect()
         };
