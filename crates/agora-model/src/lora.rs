@@ -164,7 +164,9 @@ impl LoraAdapters {
     /// Attaches fresh adapters to the layers `config` targets, initialised as PEFT does
     /// by default: `A` Kaiming-uniform with `a = sqrt(5)` (uniform in ±1/sqrt(in)),
     /// drawn from SplitMix64 seeded with `seed` in model order, and `B` zero, so the
-    /// model's output is unchanged until the first step.
+    /// model's output is unchanged until the first step. Load the model with
+    /// `Trainable::No`: the base weights then stay plain tensors (gradients still flow
+    /// through them to earlier layers) and only [`LoraAdapters::varmap`] is trained.
     pub fn attach(model: &mut Model, config: &LoraConfig, seed: u64) -> Result<LoraAdapters> {
         config.validate()?;
         let mut layers = model.linear_layers_mut()?;

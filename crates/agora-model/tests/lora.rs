@@ -463,3 +463,31 @@ fn a_gguf_llama_at_f32_takes_adapters_merges_and_saves_as_hugging_face() {
     let difference = max_difference(&logits(&reloaded, input_ids), &golden["merged_logits"]);
     assert!(difference < 1e-4, "{difference}");
 }
+
+/// The default model (SmolLM2-135M, GGUF) at f32 takes adapters under PEFT's names for
+/// it; fresh adapters leave its logits unchanged and the adapted layers are trainable.
+#[test]
+fn the_default_model_at_f32_takes_adapters_when_present() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q8_0.gguf");
+    if !path.is_file() {
+        eprintln!("skipped: {} is absent", path.display());
+        return;
+    }
+    let mut model = Model::from_gguf(&path, &Device::Cpu, Precision::F32, Trainable::No).unwrap();
+    let tokens = Tensor::new(&[[1u32, 504, 3458, 314, 253, 2891]], &Device::Cpu).unwrap();
+    let before = model.forward(&tokens, None, &mut model.new_cache()).unwrap();
+    let lora = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.05,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    };
+    let adapters = LoraAdapters::attach(&mut model, &lora, 0).unwrap();
+    assert_eq!(adapters.modules().len(), 60);
+    assert_eq!(adapters.modules()[1], "model.layers.0.self_attn.v_proj");
+    let parameters: usize = adapters.varmap().all_vars().iter().map(|var| var.elem_count()).sum();
+    // q: 8 x 576 + 576 x 8, v: 8 x 576 + 192 x 8, in each of 30 layers.
+    assert_eq!(parameters, 30 * (2 * 8 * 576 + 8 * 576 + 192 * 8));
+    let after = model.forward(&tokens, None, &mut model.new_cache()).unwrap();
+    assert!(max_difference(&before, &after) < 1e-4);
+}
