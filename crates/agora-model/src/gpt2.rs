@@ -196,7 +196,7 @@ impl Gpt2 {
                 Trainable::Yes(varmap) => register_var(varmap, "lm_head.weight", resized)?,
                 Trainable::No => resized,
             };
-            self.lm_head = Linear { weight: crate::weights::Weight::Dense(resized), bias: None };
+            self.lm_head = Linear::new(crate::weights::Weight::Dense(resized), None);
         }
         self.config.vocab_size = new_vocab;
         Ok(())
@@ -309,6 +309,55 @@ impl Gpt2 {
             attention.push(captured);
         }
         Ok(hidden)
+    }
+}
+
+/// The model's layers by Hugging Face name, for LoRA and for saving. Names are those of
+/// `GPT2LMHeadModel` (`transformer.` first) whichever prefix the checkpoint had.
+impl Gpt2 {
+    /// The `Conv1D` projections of every block, in model order: `attn.c_attn`,
+    /// `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj` (the tied output head is not one).
+    pub fn linear_layers_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut layers = Vec::with_capacity(4 * self.blocks.len());
+        for (index, block) in self.blocks.iter_mut().enumerate() {
+            let name = |part: &str| format!("transformer.h.{index}.{part}");
+            layers.push((name("attn.c_attn"), &mut block.c_attn));
+            layers.push((name("attn.c_proj"), &mut block.c_proj));
+            layers.push((name("mlp.c_fc"), &mut block.c_fc));
+            layers.push((name("mlp.c_proj"), &mut block.mlp_c_proj));
+        }
+        layers
+    }
+
+    /// Every tensor under the name `GPT2LMHeadModel.save_pretrained` gives it.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let table = |embedding: &Embedding, name: &str| match embedding {
+            Embedding::Dense(table) => Ok((name.to_string(), table.clone())),
+            _ => Err(ModelError::Config(format!("`{name}` is quantized and cannot be saved"))),
+        };
+        let mut tensors =
+            vec![table(&self.wte, "transformer.wte.weight")?, table(&self.wpe, "transformer.wpe.weight")?];
+        for (index, block) in self.blocks.iter().enumerate() {
+            let name = |part: &str| format!("transformer.h.{index}.{part}");
+            tensors.push((name("ln_1.weight"), block.ln_1_weight.clone()));
+            tensors.push((name("ln_1.bias"), block.ln_1_bias.clone()));
+            tensors.push((name("ln_2.weight"), block.ln_2_weight.clone()));
+            tensors.push((name("ln_2.bias"), block.ln_2_bias.clone()));
+            for (part, linear) in [
+                ("attn.c_attn", &block.c_attn),
+                ("attn.c_proj", &block.c_proj),
+                ("mlp.c_fc", &block.c_fc),
+                ("mlp.c_proj", &block.mlp_c_proj),
+            ] {
+                crate::weights::push_linear(&mut tensors, &name(part), linear)?;
+            }
+        }
+        tensors.push(("transformer.ln_f.weight".to_string(), self.ln_f_weight.clone()));
+        tensors.push(("transformer.ln_f.bias".to_string(), self.ln_f_bias.clone()));
+        if !self.tied {
+            crate::weights::push_linear(&mut tensors, "lm_head", &self.lm_head)?;
+        }
+        Ok(tensors)
     }
 }
 

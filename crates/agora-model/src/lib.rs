@@ -15,6 +15,7 @@ pub mod gguf_meta;
 pub mod gpt2;
 pub mod llama;
 mod lm;
+pub mod lora;
 pub mod ops;
 pub mod quant_kernels;
 pub mod sampling;

@@ -479,6 +479,75 @@ impl LanguageModel for Llama {
     }
 }
 
+/// The model's layers by Hugging Face name, for LoRA and for saving.
+impl Llama {
+    /// The projections of every block, in model order: `self_attn.{q,k,v,o}_proj`,
+    /// `mlp.{gate,up,down}_proj` (the output head is not one). q/k rows are in Hugging
+    /// Face order even for a GGUF file (undone at load). An error when q/k/v or gate/up
+    /// were fused into one quantized matrix at load.
+    pub fn linear_layers_mut(&mut self) -> Result<Vec<(String, &mut Linear)>> {
+        let mut layers = Vec::with_capacity(7 * self.blocks.len());
+        for (index, block) in self.blocks.iter_mut().enumerate() {
+            let name = |part: &str| format!("model.layers.{index}.{part}");
+            let (ParallelLinear::Separate(qkv), ParallelLinear::Separate(gate_up)) =
+                (&mut block.qkv, &mut block.gate_up)
+            else {
+                return Err(ModelError::Config(
+                    "the weights are quantized (q/k/v fused into one matrix); load the model with \
+                     precision f32 for LoRA, merging or saving"
+                        .to_string(),
+                ));
+            };
+            for (part, linear) in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].iter().zip(qkv)
+            {
+                layers.push((name(part), linear));
+            }
+            layers.push((name("self_attn.o_proj"), &mut block.o_proj));
+            for (part, linear) in ["mlp.gate_proj", "mlp.up_proj"].iter().zip(gate_up) {
+                layers.push((name(part), linear));
+            }
+            layers.push((name("mlp.down_proj"), &mut block.down_proj));
+        }
+        Ok(layers)
+    }
+
+    /// Every tensor under the name `LlamaForCausalLM.save_pretrained` gives it (no
+    /// `lm_head.weight` when the head is the embedding).
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let Embedding::Dense(embed_tokens) = &self.embed_tokens else {
+            return Err(ModelError::Config(
+                "the embeddings are quantized; load the model with precision f32 to save it".to_string(),
+            ));
+        };
+        let mut tensors = vec![("model.embed_tokens.weight".to_string(), embed_tokens.clone())];
+        for (index, block) in self.blocks.iter().enumerate() {
+            let name = |part: &str| format!("model.layers.{index}.{part}");
+            tensors.push((name("input_layernorm.weight"), block.input_norm.clone()));
+            tensors.push((name("post_attention_layernorm.weight"), block.post_attention_norm.clone()));
+            let (ParallelLinear::Separate(qkv), ParallelLinear::Separate(gate_up)) =
+                (&block.qkv, &block.gate_up)
+            else {
+                return Err(ModelError::Config(
+                    "the weights are quantized; load the model with precision f32 to save it".to_string(),
+                ));
+            };
+            let mut parts: Vec<(&str, &Linear)> =
+                ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].into_iter().zip(qkv).collect();
+            parts.push(("self_attn.o_proj", &block.o_proj));
+            parts.extend(["mlp.gate_proj", "mlp.up_proj"].into_iter().zip(gate_up));
+            parts.push(("mlp.down_proj", &block.down_proj));
+            for (part, linear) in parts {
+                crate::weights::push_linear(&mut tensors, &name(part), linear)?;
+            }
+        }
+        tensors.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if !self.config.tie_word_embeddings {
+            crate::weights::push_linear(&mut tensors, "lm_head", &self.lm_head)?;
+        }
+        Ok(tensors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use candle_nn::VarMap;
 
 use crate::gpt2::Gpt2;
 use crate::llama::Llama;
+use crate::lora::LoraLayer;
 use crate::quant_kernels::{PackedMatrix, PackedType};
 use crate::{Cache, LanguageModel, ModelError, Result};
 
@@ -67,14 +68,23 @@ pub enum Weight {
     Packed(Arc<PackedMatrix>),
 }
 
-/// `xs · Wᵀ + b` over the last dimension of `xs`.
+/// `xs · Wᵀ + b` over the last dimension of `xs`, plus a LoRA adapter's
+/// `scale · dropout(xs) · Aᵀ · Bᵀ` when one is attached (see [`crate::lora`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Tensor>,
+    /// Shared with the [`crate::lora::LoraAdapters`] that attached it, which switch it on
+    /// and off and hold its trainable variables.
+    pub lora: Option<Arc<LoraLayer>>,
 }
 
 impl Linear {
+    /// A layer without an adapter.
+    pub fn new(weight: Weight, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias, lora: None }
+    }
+
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let output = match &self.weight {
             Weight::Dense(weight) => matmul_last_dim(xs, &weight.t()?)?,
@@ -82,11 +92,65 @@ impl Linear {
             Weight::Quantized(weight) => weight.forward(xs)?,
             Weight::Packed(weight) => weight.forward(xs)?,
         };
-        Ok(match &self.bias {
+        let output = match &self.bias {
             Some(bias) => output.broadcast_add(bias)?,
             None => output,
+        };
+        match &self.lora {
+            Some(adapter) => adapter.add_to(xs, output),
+            None => Ok(output),
+        }
+    }
+
+    /// `(in_features, out_features)`, read from the weight's shape and layout.
+    pub fn features(&self) -> Result<(usize, usize)> {
+        Ok(match &self.weight {
+            Weight::Dense(weight) => {
+                let (out_features, in_features) = weight.dims2()?;
+                (in_features, out_features)
+            }
+            Weight::DenseInOut(weight) => weight.dims2()?,
+            Weight::Quantized(weight) => {
+                let (out_features, in_features) = match weight.as_ref() {
+                    QMatMul::QTensor(table) => table.shape().dims2()?,
+                    QMatMul::Tensor(table) | QMatMul::TensorF16(table) => table.dims2()?,
+                };
+                (in_features, out_features)
+            }
+            Weight::Packed(weight) => (weight.columns(), weight.rows()),
         })
     }
+
+    /// The dense weight in its stored layout (`[out, in]`, or `[in, out]` for
+    /// [`Weight::DenseInOut`]); an error for a quantized one, which LoRA and saving
+    /// cannot use.
+    pub fn dense_weight(&self) -> Result<&Tensor> {
+        match &self.weight {
+            Weight::Dense(weight) | Weight::DenseInOut(weight) => Ok(weight),
+            Weight::Quantized(_) | Weight::Packed(_) => Err(ModelError::Config(
+                "the weights are quantized; load the model with precision f32 for LoRA, merging \
+                 or saving"
+                    .to_string(),
+            )),
+        }
+    }
+}
+
+/// Appends `module.weight` (and `module.bias`) of a dense layer to a list of named
+/// tensors being saved.
+pub(crate) fn push_linear(tensors: &mut Vec<(String, Tensor)>, module: &str, linear: &Linear) -> Result<()> {
+    if linear.lora.is_some() {
+        return Err(ModelError::Config(format!(
+            "`{module}` still carries a LoRA adapter; merge the adapters (or save them with \
+             save_peft) before saving the model"
+        )));
+    }
+    let weight = linear.dense_weight().map_err(|error| ModelError::Config(format!("`{module}`: {error}")))?;
+    tensors.push((format!("{module}.weight"), weight.clone()));
+    if let Some(bias) = &linear.bias {
+        tensors.push((format!("{module}.bias"), bias.clone()));
+    }
+    Ok(())
 }
 
 /// Linear layers that read the same input (a layer's q/k/v projections, or its gate and
@@ -118,10 +182,7 @@ impl ParallelLinear {
             Err(_) => return Ok(ParallelLinear::Separate(layers)),
         };
         let widths = packed.iter().map(|matrix| matrix.rows()).collect();
-        Ok(ParallelLinear::Fused {
-            linear: Linear { weight: Weight::Packed(Arc::new(fused)), bias: None },
-            widths,
-        })
+        Ok(ParallelLinear::Fused { linear: Linear::new(Weight::Packed(Arc::new(fused)), None), widths })
     }
 
     /// Each layer's output, in the order given to [`ParallelLinear::new`].
@@ -145,7 +206,7 @@ impl ParallelLinear {
 
 /// `xs [.., in] · matrix [in, out]` with the leading dimensions flattened, because
 /// candle's matmul wants equal batch dimensions on both sides.
-fn matmul_last_dim(xs: &Tensor, matrix: &Tensor) -> Result<Tensor> {
+pub(crate) fn matmul_last_dim(xs: &Tensor, matrix: &Tensor) -> Result<Tensor> {
     let mut dims = xs.dims().to_vec();
     let inner = dims.pop().unwrap_or(1);
     let rows: usize = dims.iter().product();
@@ -209,7 +270,7 @@ impl Embedding {
             Embedding::Quantized(table) => Weight::Quantized(Arc::new(QMatMul::from_arc(table.clone())?)),
             Embedding::Packed(table) => Weight::Packed(table.clone()),
         };
-        Ok(Linear { weight, bias: None })
+        Ok(Linear::new(weight, None))
     }
 }
 
@@ -492,14 +553,14 @@ impl<'a> WeightSource<'a> {
             }
             None => None,
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
     /// A GPT-2 `Conv1D` weight, stored `[in, out]`, with its bias.
     pub fn conv1d(&self, name: &str, in_features: usize, out_features: usize, bias: &str) -> Result<Linear> {
         let weight = self.tensor(name, &[in_features, out_features])?;
         let bias = self.tensor(bias, &[out_features])?;
-        Ok(Linear { weight: Weight::DenseInOut(weight), bias: Some(bias) })
+        Ok(Linear::new(Weight::DenseInOut(weight), Some(bias)))
     }
 }
 
@@ -802,6 +863,32 @@ impl Model {
                 ),
             )),
         }
+    }
+
+    /// Every linear layer of the transformer blocks under its Hugging Face module name
+    /// (`model.layers.0.self_attn.q_proj`, `transformer.h.0.attn.c_attn`), in model
+    /// order; the output head is not among them. An error for a quantized GGUF model
+    /// whose projections were fused into one matrix at load.
+    pub fn linear_layers_mut(&mut self) -> Result<Vec<(String, &mut Linear)>> {
+        match self {
+            Model::Gpt2(model) => Ok(model.linear_layers_mut()),
+            Model::Llama(model) => model.linear_layers_mut(),
+        }
+    }
+
+    /// Every tensor under its Hugging Face name, as `save_pretrained` writes them; an
+    /// error for quantized weights or layers that still carry a LoRA adapter.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Model::Gpt2(model) => model.named_tensors(),
+            Model::Llama(model) => model.named_tensors(),
+        }
+    }
+
+    /// Writes the model as a Hugging Face folder (`model.safetensors` + `config.json`)
+    /// that [`Model::load`] and transformers read; the tokenizer files are the caller's.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        crate::checkpoint::save_model(self, dir)
     }
 
     fn inner(&self) -> &dyn LanguageModel {
