@@ -324,7 +324,9 @@ mod tests {
             let metrics = output.metrics;
             assert!((metrics.rewards_chosen - 0.5 * (0.5 + -0.5) / 2.0).abs() < 1e-9);
             assert!((metrics.rewards_rejected - 0.5 * (-1.0 + 0.5) / 2.0).abs() < 1e-9);
-            assert!((metrics.rewards_margins - (metrics.rewards_chosen - metrics.rewards_rejected)).abs() < 1e-12);
+            assert!(
+                (metrics.rewards_margins - (metrics.rewards_chosen - metrics.rewards_rejected)).abs() < 1e-12
+            );
             assert_eq!(metrics.rewards_accuracies, 0.5);
             assert_eq!(metrics.logps_chosen, -5.25);
             assert_eq!(metrics.logps_rejected, -5.0);
@@ -388,7 +390,8 @@ mod tests {
         assert!("Sigmoid".parse::<DpoLossKind>().unwrap_err().to_string().contains("sigmoid, ipo"));
         assert!(DpoLossKind::Ipo.uses_mean_logps());
         assert!(!DpoLossKind::Robust.uses_mean_logps());
-        let config: DpoConfig = serde_json::from_str(r#"{"loss": "robust", "label_smoothing": 0.1}"#).unwrap();
+        let config: DpoConfig =
+            serde_json::from_str(r#"{"loss": "robust", "label_smoothing": 0.1}"#).unwrap();
         assert_eq!(config, DpoConfig { beta: 0.1, loss: DpoLossKind::Robust, label_smoothing: 0.1 });
     }
 }

@@ -93,7 +93,8 @@ impl Parameters {
 
     /// Whether `names` lists exactly these parameters in this order.
     fn matches(&self, names: &[String]) -> bool {
-        self.entries.len() == names.len() && self.entries.iter().zip(names).all(|((name, _), other)| name == other)
+        self.entries.len() == names.len()
+            && self.entries.iter().zip(names).all(|((name, _), other)| name == other)
     }
 }
 
@@ -179,7 +180,12 @@ impl Gradients {
     /// Parameters that some `accumulate` call since the last clear left without a
     /// gradient, in parameter order.
     pub fn missing(&self) -> Vec<String> {
-        self.names.iter().zip(&self.slots).filter(|(_, slot)| slot.missing).map(|(name, _)| name.clone()).collect()
+        self.names
+            .iter()
+            .zip(&self.slots)
+            .filter(|(_, slot)| slot.missing)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Global L2 norm over all accumulated gradients (summed in f64).
@@ -198,7 +204,9 @@ impl Gradients {
     /// with the gradients left as they are: the caller should skip that step.
     pub fn clip_norm(&mut self, max_norm: f64) -> Result<f64> {
         if !(max_norm.is_finite() && max_norm > 0.0) {
-            return Err(ModelError::Config(format!("gradient clipping norm must be positive, got {max_norm}")));
+            return Err(ModelError::Config(format!(
+                "gradient clipping norm must be positive, got {max_norm}"
+            )));
         }
         let norm = self.norm()?;
         let factor = max_norm / (norm + 1e-6);
@@ -256,7 +264,10 @@ impl AdamWConfig {
             return Err(ModelError::Config(format!("AdamW epsilon must be >= 0, got {}", self.epsilon)));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(ModelError::Config(format!("AdamW weight decay must be >= 0, got {}", self.weight_decay)));
+            return Err(ModelError::Config(format!(
+                "AdamW weight decay must be >= 0, got {}",
+                self.weight_decay
+            )));
         }
         Ok(())
     }
@@ -353,7 +364,8 @@ impl AdamW {
             epsilon: config.epsilon as f32,
             negative_step_size: (-learning_rate / bias_correction1) as f32,
         };
-        for (((_, var), slot), moments) in params.entries.iter().zip(&gradients.slots).zip(&mut self.moments) {
+        for (((_, var), slot), moments) in params.entries.iter().zip(&gradients.slots).zip(&mut self.moments)
+        {
             let kernel = AdamWKernel { update, moments: RefCell::new(moments) };
             match slot.buffer.as_ref().filter(|_| slot.filled) {
                 Some(gradient) => var.as_tensor().inplace_op2(gradient, &kernel)?,
@@ -392,7 +404,8 @@ impl AdamW {
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|error| ModelError::file(path, format!("cannot read the AdamW state: {error}")))?;
-        let mismatch = |message: String| ModelError::file(path, format!("AdamW state does not match: {message}"));
+        let mismatch =
+            |message: String| ModelError::file(path, format!("AdamW state does not match: {message}"));
         let steps = tensors
             .remove(STEP_KEY)
             .ok_or_else(|| mismatch(format!("no `{STEP_KEY}` entry")))?
@@ -447,7 +460,9 @@ fn f32_slice<'a>(kernel: &str, storage: &'a CpuStorage, layout: &Layout) -> cand
         (CpuStorage::F32(values), Some((start, end))) => values
             .get(start..end)
             .ok_or_else(|| candle_core::Error::Msg(format!("{kernel}: layout outside its storage"))),
-        (CpuStorage::F32(_), None) => Err(candle_core::Error::Msg(format!("{kernel}: tensor is not contiguous"))),
+        (CpuStorage::F32(_), None) => {
+            Err(candle_core::Error::Msg(format!("{kernel}: tensor is not contiguous")))
+        }
         _ => Err(candle_core::Error::Msg(format!("{kernel}: expected f32, got {:?}", storage.dtype()))),
     }
 }
@@ -462,7 +477,9 @@ fn f32_slice_mut<'a>(
         (CpuStorage::F32(values), Some((start, end))) => values
             .get_mut(start..end)
             .ok_or_else(|| candle_core::Error::Msg(format!("{kernel}: layout outside its storage"))),
-        (CpuStorage::F32(_), None) => Err(candle_core::Error::Msg(format!("{kernel}: tensor is not contiguous"))),
+        (CpuStorage::F32(_), None) => {
+            Err(candle_core::Error::Msg(format!("{kernel}: tensor is not contiguous")))
+        }
         _ => Err(candle_core::Error::Msg(format!("{kernel}: expected f32, got {dtype:?}"))),
     }
 }
@@ -529,7 +546,9 @@ impl InplaceOp1 for Scale {
         let values = f32_slice_mut(self.name(), storage, layout)?;
         let factor = self.factor;
         if values.len() > PARALLEL_CHUNK {
-            values.par_chunks_mut(PARALLEL_CHUNK).for_each(|chunk| chunk.iter_mut().for_each(|value| *value *= factor));
+            values
+                .par_chunks_mut(PARALLEL_CHUNK)
+                .for_each(|chunk| chunk.iter_mut().for_each(|value| *value *= factor));
         } else {
             values.iter_mut().for_each(|value| *value *= factor);
         }
@@ -547,7 +566,8 @@ impl CustomOp1 for SumOfSquares {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let values = f32_slice(self.name(), storage, layout)?;
-        let square_sum = |chunk: &[f32]| chunk.iter().map(|&value| f64::from(value) * f64::from(value)).sum::<f64>();
+        let square_sum =
+            |chunk: &[f32]| chunk.iter().map(|&value| f64::from(value) * f64::from(value)).sum::<f64>();
         let total = if values.len() > PARALLEL_CHUNK {
             values.par_chunks(PARALLEL_CHUNK).map(square_sum).sum()
         } else {
@@ -573,11 +593,19 @@ struct AdamWUpdate {
 impl AdamWUpdate {
     /// torch's `_single_tensor_adam` for one chunk, operation by operation and in the
     /// same order, so that f32 rounding matches; no gradient means a zero gradient.
-    fn apply(&self, parameters: &mut [f32], gradients: Option<&[f32]>, exp_avg: &mut [f32], exp_avg_sq: &mut [f32]) {
+    fn apply(
+        &self,
+        parameters: &mut [f32],
+        gradients: Option<&[f32]>,
+        exp_avg: &mut [f32],
+        exp_avg_sq: &mut [f32],
+    ) {
         let moments = exp_avg.iter_mut().zip(exp_avg_sq.iter_mut());
         match gradients {
             Some(gradients) => {
-                for ((parameter, &gradient), (first, second)) in parameters.iter_mut().zip(gradients).zip(moments) {
+                for ((parameter, &gradient), (first, second)) in
+                    parameters.iter_mut().zip(gradients).zip(moments)
+                {
                     self.element(parameter, gradient, first, second);
                 }
             }
@@ -843,8 +871,10 @@ mod tests {
         let error = AdamW::new(&fewer, AdamWConfig::default()).unwrap().load(&path).unwrap_err().to_string();
         assert!(error.contains("belongs to no parameter"), "{error}");
 
-        let renamed = Parameters::new([("a".to_string(), var(&[0.0; 3])), ("c".to_string(), var(&[0.0; 2]))]).unwrap();
-        let error = AdamW::new(&renamed, AdamWConfig::default()).unwrap().load(&path).unwrap_err().to_string();
+        let renamed =
+            Parameters::new([("a".to_string(), var(&[0.0; 3])), ("c".to_string(), var(&[0.0; 2]))]).unwrap();
+        let error =
+            AdamW::new(&renamed, AdamWConfig::default()).unwrap().load(&path).unwrap_err().to_string();
         assert!(error.contains("no `c.exp_avg` entry"), "{error}");
 
         assert!(optimizer.load(&directory.path().join("absent.safetensors")).is_err());
@@ -860,7 +890,8 @@ mod tests {
         // Same names and shapes: fine (a rebuilt model after loading a checkpoint).
         optimizer.step(&other, &Gradients::new(&other), 0.1).unwrap();
         assert!(optimizer.step(&params, &Gradients::new(&params), f64::NAN).is_err());
-        let half = Parameters::new([("h".to_string(), Var::zeros(2, DType::F16, &Device::Cpu).unwrap())]).unwrap();
+        let half =
+            Parameters::new([("h".to_string(), Var::zeros(2, DType::F16, &Device::Cpu).unwrap())]).unwrap();
         assert!(AdamW::new(&half, AdamWConfig::default()).unwrap_err().to_string().contains("f32"));
     }
 }
