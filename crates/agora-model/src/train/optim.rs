@@ -566,8 +566,19 @@ impl CustomOp1 for SumOfSquares {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let values = f32_slice(self.name(), storage, layout)?;
-        let square_sum =
-            |chunk: &[f32]| chunk.iter().map(|&value| f64::from(value) * f64::from(value)).sum::<f64>();
+        // Eight independent f64 lanes: a single running sum is one long dependency chain
+        // that the compiler may not vectorise.
+        let square_sum = |chunk: &[f32]| {
+            let mut lanes = [0f64; 8];
+            let mut groups = chunk.chunks_exact(8);
+            for group in &mut groups {
+                for (lane, &value) in lanes.iter_mut().zip(group) {
+                    *lane += f64::from(value) * f64::from(value);
+                }
+            }
+            let rest: f64 = groups.remainder().iter().map(|&value| f64::from(value) * f64::from(value)).sum();
+            lanes.iter().sum::<f64>() + rest
+        };
         let total = if values.len() > PARALLEL_CHUNK {
             values.par_chunks(PARALLEL_CHUNK).map(square_sum).sum()
         } else {
