@@ -22,6 +22,10 @@ use crate::{ModelError, Result};
 ///
 /// `logits` are `[batch, length, vocab]` for `batch.tokens`. A batch without a single
 /// target is an error rather than a NaN that would poison the weights.
+///
+/// Accumulating micro-batches: to reproduce the mean over all target tokens of the
+/// whole batch (transformers' `num_items_in_batch`), pass
+/// `scale = batch.scored() / total_targets` to [`crate::train::Gradients::accumulate`].
 pub fn sft_loss(batch: &ScoringBatch, logits: &Tensor) -> Result<Tensor> {
     let targets = batch.scored();
     if targets == 0 {
