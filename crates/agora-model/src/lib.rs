@@ -24,7 +24,8 @@ mod tokenizer;
 pub mod train;
 pub mod weights;
 
-pub use candle_core::{DType, Device, Tensor};
+pub use candle_core::{DType, Device, Tensor, Var};
+pub use candle_nn::VarMap;
 pub use chat_template::{CHATML_TEMPLATE, ChatTemplate, FALLBACK_NOTICE, Message};
 pub use engine::Engine;
 pub use error::{ModelError, Result};

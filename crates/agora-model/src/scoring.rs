@@ -28,11 +28,13 @@ pub struct ScoringBatch {
     /// `[batch, scored]` f32: 1 where scored position `j` belongs to row `i`, so a
     /// matmul sums a row's log-probabilities (the loss mask, in compact form).
     membership: Tensor,
-    /// Continuation length of each row.
+    /// Number of target tokens of each row.
     lengths: Vec<usize>,
 }
 
 impl ScoringBatch {
+    /// Rows `prompt ++ continuation`, every continuation token a target. Each prompt
+    /// needs at least one token: the first continuation token is predicted from it.
     pub fn new(prompts: &[Vec<u32>], continuations: &[Vec<u32>], device: &Device) -> Result<Self> {
         if prompts.len() != continuations.len() {
             return Err(ModelError::Config(format!(
@@ -41,40 +43,84 @@ impl ScoringBatch {
                 continuations.len()
             )));
         }
-        if prompts.is_empty() {
-            return Err(ModelError::Config("nothing to score: the batch is empty".to_string()));
-        }
         if let Some(row) = prompts.iter().position(Vec::is_empty) {
             return Err(ModelError::Config(format!(
                 "prompt {row} is empty: the first continuation token needs a token before it \
                  (start with the tokenizer's BOS token)"
             )));
         }
-        let batch = prompts.len();
-        let length = prompts
-            .iter()
-            .zip(continuations)
-            .map(|(prompt, continuation)| prompt.len() + continuation.len())
-            .max()
-            .unwrap_or(0);
+        let mut rows = Vec::with_capacity(prompts.len());
+        let mut targets = Vec::with_capacity(prompts.len());
+        for (prompt, continuation) in prompts.iter().zip(continuations) {
+            rows.push(prompt.iter().chain(continuation).copied().collect::<Vec<u32>>());
+            let mut row_targets = vec![false; prompt.len()];
+            row_targets.resize(prompt.len() + continuation.len(), true);
+            targets.push(row_targets);
+        }
+        Self::from_targets(&rows, &targets, device)
+    }
+
+    /// Rows with an explicit loss mask: `targets[row][i]` says token `i` of `row` is
+    /// scored (predicted from position `i - 1`). This covers chats with several
+    /// assistant turns, where targets come in more than one span. Token 0 has nothing
+    /// before it, so it can never be a target.
+    pub fn from_targets(rows: &[Vec<u32>], targets: &[Vec<bool>], device: &Device) -> Result<Self> {
+        if rows.len() != targets.len() {
+            return Err(ModelError::Config(format!(
+                "{} rows but {} target masks",
+                rows.len(),
+                targets.len()
+            )));
+        }
+        if rows.is_empty() {
+            return Err(ModelError::Config("nothing to score: the batch is empty".to_string()));
+        }
+        for (row, (tokens, row_targets)) in rows.iter().zip(targets).enumerate() {
+            if tokens.is_empty() {
+                return Err(ModelError::Config(format!("row {row} is empty")));
+            }
+            if tokens.len() != row_targets.len() {
+                return Err(ModelError::Config(format!(
+                    "row {row} has {} tokens but {} target flags",
+                    tokens.len(),
+                    row_targets.len()
+                )));
+            }
+            if row_targets.first() == Some(&true) {
+                return Err(ModelError::Config(format!(
+                    "row {row}: token 0 cannot be a target, no token comes before it \
+                     (start the row with the tokenizer's BOS token)"
+                )));
+            }
+        }
+        let batch = rows.len();
+        let length = rows.iter().map(Vec::len).max().unwrap_or(0);
         let mut tokens = Vec::with_capacity(batch * length);
         let mut mask = Vec::with_capacity(batch * length);
         let mut scored_positions = Vec::new();
-        let mut targets = Vec::new();
+        let mut scored_targets = Vec::new();
         let mut rows_of_scored = Vec::new();
-        for (row, (prompt, continuation)) in prompts.iter().zip(continuations).enumerate() {
-            let real = prompt.len() + continuation.len();
-            tokens.extend(prompt.iter().chain(continuation));
+        let mut lengths = Vec::with_capacity(batch);
+        for (row, (row_tokens, row_targets)) in rows.iter().zip(targets).enumerate() {
+            let real = row_tokens.len();
+            tokens.extend(row_tokens);
             tokens.extend(std::iter::repeat_n(PADDING, length - real));
             mask.extend(std::iter::repeat_n(1u32, real));
             mask.extend(std::iter::repeat_n(0u32, length - real));
-            for (offset, &target) in continuation.iter().enumerate() {
-                scored_positions.push((row * length + prompt.len() - 1 + offset) as u32);
-                targets.push(target);
-                rows_of_scored.push(row);
+            let mut row_length = 0;
+            for (position, (&token, &is_target)) in row_tokens.iter().zip(row_targets).enumerate() {
+                if is_target {
+                    // Token `position` is predicted by the logits at `position - 1`
+                    // (position 0 was rejected above).
+                    scored_positions.push((row * length + position - 1) as u32);
+                    scored_targets.push(token);
+                    rows_of_scored.push(row);
+                    row_length += 1;
+                }
             }
+            lengths.push(row_length);
         }
-        let scored = targets.len();
+        let scored = scored_targets.len();
         let mut membership = vec![0f32; batch * scored];
         for (index, row) in rows_of_scored.iter().enumerate() {
             membership[row * scored + index] = 1.0;
@@ -83,10 +129,15 @@ impl ScoringBatch {
             tokens: Tensor::from_vec(tokens, (batch, length), device)?,
             mask: Tensor::from_vec(mask, (batch, length), device)?,
             scored_positions: Tensor::from_vec(scored_positions, scored, device)?,
-            targets: Tensor::from_vec(targets, scored, device)?,
+            targets: Tensor::from_vec(scored_targets, scored, device)?,
             membership: Tensor::from_vec(membership, (batch, scored), device)?,
-            lengths: continuations.iter().map(Vec::len).collect(),
+            lengths,
         })
+    }
+
+    /// Number of target tokens of each row.
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
     }
 
     /// Continuation tokens scored in the whole batch.
