@@ -294,15 +294,27 @@ impl<'a> BatchGenerator<'a> {
     /// row ([`Control::StopAll`]: the rows after the one that asked get no token this
     /// step). On an error the generator's state is undefined: drop it.
     pub fn step_with(&mut self, on_token: &mut dyn FnMut(RowId, u32) -> Control) -> Result<Vec<RowEvent>> {
+        let timer = StepTimer::start();
         self.drop_finished_rows()?;
+        let dropped = timer.lap();
+        let (decoding, waiting) = (self.running.len(), self.waiting.len());
         let mut events = Vec::new();
         let mut stop_all = false;
         if !self.running.is_empty() {
             stop_all = self.decode(on_token, &mut events)?;
         }
+        let decoded = timer.lap();
         if !stop_all && !self.waiting.is_empty() {
             stop_all = self.prefill(on_token, &mut events)?;
         }
+        timer.report(|| {
+            format!(
+                "step: {decoding} decoding, {waiting} joining, cache {}: drop {dropped:.1} ms, decode {:.1} ms, prefill {:.1} ms",
+                self.cache.len,
+                decoded - dropped,
+                timer.lap() - decoded
+            )
+        });
         if stop_all {
             for row in self.running.iter_mut().chain(self.waiting.iter_mut()) {
                 if row.finish_reason.is_none() {
@@ -338,11 +350,29 @@ impl<'a> BatchGenerator<'a> {
         }
         let tokens = Tensor::from_vec(next_tokens, (self.running.len(), 1), &device)?;
         let mask = padding_mask(&paddings, keys, &device)?;
+        let timer = StepTimer::start();
         let logits = self.model.forward_last(&tokens, mask.as_ref(), &mut self.cache)?;
+        let forward = timer.lap();
         take_attention(&mut self.cache, &mut self.running, &paddings, false)?;
         self.running.iter_mut().for_each(|row| row.fed += 1);
         let logits = logits_rows(&logits)?;
-        choose_tokens(&mut self.running, &logits, self.model.max_context(), &self.options, on_token, events)
+        let copied = timer.lap();
+        let stop_all = choose_tokens(
+            &mut self.running,
+            &logits,
+            self.model.max_context(),
+            &self.options,
+            on_token,
+            events,
+        )?;
+        timer.report(|| {
+            format!(
+                "  decode: forward {forward:.1} ms, logits copy {:.1} ms, choose {:.1} ms",
+                copied - forward,
+                timer.lap() - copied
+            )
+        });
+        Ok(stop_all)
     }
 
     /// Prefills the waiting rows (one left-padded batch), chooses their first tokens and
@@ -393,7 +423,9 @@ impl<'a> BatchGenerator<'a> {
             on_token,
             events,
         )?;
+        let timer = StepTimer::start();
         merge_cache(&mut self.cache, self.running.is_empty(), cache)?;
+        timer.report(|| format!("  prefill of {}: merge {:.1} ms", newcomers.len(), timer.lap()));
         self.running.extend(newcomers);
         Ok(stop_all)
     }
@@ -428,6 +460,31 @@ impl<'a> BatchGenerator<'a> {
         }
         self.cache.len = longest;
         Ok(())
+    }
+}
+
+/// Per-step timings on standard error when `AGORA_STEP_TIMES` is set (a profiling aid
+/// for batched serving; nothing is measured otherwise).
+struct StepTimer {
+    started: Option<std::time::Instant>,
+}
+
+impl StepTimer {
+    fn start() -> StepTimer {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let enabled = *ENABLED.get_or_init(|| std::env::var_os("AGORA_STEP_TIMES").is_some());
+        StepTimer { started: enabled.then(std::time::Instant::now) }
+    }
+
+    /// Milliseconds since the start (0 when switched off).
+    fn lap(&self) -> f64 {
+        self.started.map_or(0.0, |started| started.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    fn report(&self, line: impl FnOnce() -> String) {
+        if self.started.is_some() {
+            eprintln!("{}", line());
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! followed by one multiply-add in f32. Output rows (weight rows) are shared out over
 //! rayon's global pool (the pool `agora_model::engine::set_threads` sizes); within a task,
 //! each weight block is loaded once and multiplied with up to [`ROWS_PER_PASS`] activation
-//! rows while it sits in registers.
+//! rows ([`ROWS_PER_PASS_VNNI`] with AVX-512 VNNI) while it sits in registers.
 //!
 //! Three code paths compute the same integer sums: a portable one (always correct, the
 //! reference of the tests), AVX2 (with FMA and F16C) and AVX-512 VNNI on 256-bit
@@ -325,6 +325,17 @@ impl PackedMatrix {
         if count == 0 || self.rows == 0 {
             return Ok(Vec::new());
         }
+        if count > ROWS_PER_CALL && level != SimdLevel::Portable {
+            // Every group of weights walks over all the activation rows: for a long prompt
+            // or a batch of prompts (thousands of rows) those no longer fit in a core's
+            // cache and stream from memory once per group. In slices of `ROWS_PER_CALL`
+            // rows they stay cached while the weights stream instead, once per slice.
+            let mut output = Vec::with_capacity(count * self.rows);
+            for rows in input.chunks(ROWS_PER_CALL * self.columns) {
+                output.extend(self.matmul(rows, level)?);
+            }
+            return Ok(output);
+        }
         let activations = QuantizedRows::new(input, count, self.columns);
         if level == SimdLevel::Portable {
             return Ok(self.matmul_portable(&activations, count));
@@ -356,7 +367,18 @@ impl PackedMatrix {
             let width = GROUP_ROWS.min(self.rows - first);
             for (input_row, values) in by_row.chunks_exact(GROUP_ROWS).enumerate() {
                 let start = input_row * self.rows + first;
-                if let (Some(target), Some(source)) =
+                // A full group is a fixed-size copy (a few vector moves); a slice copy of
+                // unknown length calls `memmove`, once per row and group.
+                if width == GROUP_ROWS {
+                    if let (Some(target), Some(source)) = (
+                        output
+                            .get_mut(start..start + GROUP_ROWS)
+                            .and_then(|target| <&mut [f32; GROUP_ROWS]>::try_from(target).ok()),
+                        values.first_chunk::<GROUP_ROWS>(),
+                    ) {
+                        *target = *source;
+                    }
+                } else if let (Some(target), Some(source)) =
                     (output.get_mut(start..start + width), values.get(..width))
                 {
                     target.copy_from_slice(source);
@@ -528,13 +550,25 @@ struct RowView<'a> {
     offset_sums: &'a [i32],
 }
 
+/// The most activation rows one pass over the weights serves (see
+/// [`PackedMatrix::matmul`]): 128 rows of a 1,536-wide input are 192 KiB of quantized
+/// activations, which a core's second-level cache holds; a 64-row decode step is one pass.
+pub const ROWS_PER_CALL: usize = 128;
+
 /// Activation rows multiplied with one loaded weight chunk (the register tile is
-/// [`GROUP_ROWS`] weight rows x this many activation rows).
+/// [`GROUP_ROWS`] weight rows x this many activation rows) by the AVX2 kernel, whose
+/// sixteen vector registers hold no more.
 pub const ROWS_PER_PASS: usize = 4;
 
+/// The same for the AVX-512 VNNI kernel: its 32 vector registers hold eight rows' sums
+/// and totals, and eight independent `vpdpbusd` chains hide the instruction's latency
+/// (four left the kernel waiting on its own results in batched decode and prompts).
+pub const ROWS_PER_PASS_VNNI: usize = 8;
+
 /// The products of one group of interleaved weight rows with every activation row,
-/// written as `[activation row][GROUP_ROWS]` into `outputs`: [`ROWS_PER_PASS`] rows
-/// at a time, then the remainder in smaller tiles.
+/// written as `[activation row][GROUP_ROWS]` into `outputs`: [`ROWS_PER_PASS`] (or
+/// [`ROWS_PER_PASS_VNNI`]) rows at a time, then the remainder in smaller tiles. Only the
+/// first tile asks for the weights ahead: the later ones read the group from the cache.
 fn group_products(
     kind: PackedType,
     level: SimdLevel,
@@ -543,22 +577,26 @@ fn group_products(
     outputs: &mut [f32],
 ) {
     let count = outputs.len() / GROUP_ROWS;
+    let widest = if level == SimdLevel::Avx512Vnni { ROWS_PER_PASS_VNNI } else { ROWS_PER_PASS };
     let mut first = 0;
     while first < count {
         let left = count - first;
-        let pass = if left >= ROWS_PER_PASS {
-            ROWS_PER_PASS
-        } else if left >= 2 {
-            2
-        } else {
-            1
-        };
+        let pass = [ROWS_PER_PASS_VNNI, ROWS_PER_PASS, 2, 1]
+            .into_iter()
+            .find(|&pass| pass <= widest && pass <= left)
+            .unwrap_or(1);
         let outputs = &mut outputs[first * GROUP_ROWS..(first + pass) * GROUP_ROWS];
         let row = |index: usize| activations.row(first + index);
+        let prefetch = first == 0;
         match pass {
-            ROWS_PER_PASS => tile::<ROWS_PER_PASS>(kind, level, weights, std::array::from_fn(row), outputs),
-            2 => tile::<2>(kind, level, weights, [row(0), row(1)], outputs),
-            _ => tile::<1>(kind, level, weights, [row(0)], outputs),
+            ROWS_PER_PASS_VNNI => {
+                tile::<ROWS_PER_PASS_VNNI>(kind, level, weights, std::array::from_fn(row), prefetch, outputs)
+            }
+            ROWS_PER_PASS => {
+                tile::<ROWS_PER_PASS>(kind, level, weights, std::array::from_fn(row), prefetch, outputs)
+            }
+            2 => tile::<2>(kind, level, weights, [row(0), row(1)], prefetch, outputs),
+            _ => tile::<1>(kind, level, weights, [row(0)], prefetch, outputs),
         }
         first += pass;
     }
@@ -569,16 +607,17 @@ fn tile<const R: usize>(
     level: SimdLevel,
     weights: &[u8],
     rows: [RowView; R],
+    prefetch: bool,
     outputs: &mut [f32],
 ) {
     let sums: [[f32; GROUP_ROWS]; R] = match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul` only passes a SIMD level that `SimdLevel::available` detected
         // on this CPU, so the functions compiled for those features may run.
-        SimdLevel::Avx2 => unsafe { x86::group_avx2::<R>(kind, weights, &rows) },
+        SimdLevel::Avx2 => unsafe { x86::group_avx2::<R>(kind, weights, &rows, prefetch) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, AVX-512 VNNI and VL (and AVX2) were detected.
-        SimdLevel::Avx512Vnni => unsafe { x86::group_vnni::<R>(kind, weights, &rows) },
+        SimdLevel::Avx512Vnni => unsafe { x86::group_vnni::<R>(kind, weights, &rows, prefetch) },
         _ => [[0f32; GROUP_ROWS]; R],
     };
     for (output, sum) in outputs.chunks_exact_mut(GROUP_ROWS).zip(sums) {
@@ -871,6 +910,7 @@ mod x86 {
                 kind: PackedType,
                 weights: &[u8],
                 rows: &[RowView; R],
+                prefetch: bool,
             ) -> [[f32; GROUP_ROWS]; R] {
                 let mut outputs = [[0f32; GROUP_ROWS]; R];
                 let block_bytes = GROUP_ROWS * kind.block_bytes();
@@ -880,7 +920,9 @@ mod x86 {
                 let header = PackedMatrix::header_bytes(kind);
                 let mut totals = [_mm256_setzero_ps(); R];
                 for (block_index, block) in weights.chunks_exact(block_bytes).enumerate() {
-                    prefetch_ahead(block, PREFETCH_DISTANCE);
+                    if prefetch {
+                        prefetch_ahead(block, PREFETCH_DISTANCE);
+                    }
                     let scales = load_8_halves(block);
                     let quants = block.get(header..).unwrap_or(&[]);
                     let sums = match kind {
@@ -1156,6 +1198,7 @@ mod tests {
                 (33, 96, 3),
                 (65, 576, 5),
                 (9, 160, 64),
+                (10, 64, 300),
                 (130, 32, 2),
                 (17, 64, 7),
                 (24, 128, 11),
