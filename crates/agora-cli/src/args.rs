@@ -74,6 +74,148 @@ pub enum Command {
     /// Summaries of an experiment: turns, empty replies, label distributions, agreement
     /// between annotators, judge means with confidence intervals.
     Report(ReportArgs),
+    /// Fine-tune a model on the CPU: SFT or DPO, full or LoRA, into a run folder
+    /// (resumable), or merge a LoRA run into a full model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// List training runs, show one (summary and loss curves), or generate from a run's
+    /// tuned model next to its base model.
+    Runs(RunsArgs),
+    /// Run a hyperparameter sweep (agora TOML or W&B-style JSON): each trial is a run; a
+    /// table ranks them by the sweep's metric.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Supervised fine-tuning: loss on the completions (assistant turns) only.
+    Sft(TrainArgs),
+    /// Direct preference optimisation on prompt/chosen/rejected pairs.
+    Dpo(TrainArgs),
+    /// Fold a LoRA run's adapter into its base model and save a full Hugging Face folder.
+    Merge {
+        /// The run (its id, or enough of it).
+        run: String,
+        /// The folder to write (model.safetensors, config.json, tokenizer).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A training configuration file (TOML; see examples/training). Flags override it.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Training data: TRL JSONL (`messages`, `prompt`/`completion`, `prompt`/`chosen`/
+    /// `rejected`), or with `--layout personagpt` the name of a Persona-Chat corpus.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out data for evaluation (same layout).
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// `trl` (default) or `personagpt`.
+    #[arg(long)]
+    pub layout: Option<String>,
+    /// The model to tune (GGUF, Hugging Face folder or `org/name`); default: the embedded
+    /// SmolLM2-135M-Instruct, dequantized to f32.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Train LoRA adapters of this rank instead of every weight.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA target modules, comma-separated (default q_proj,v_proj; GPT-2: c_attn).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Vec<String>,
+    /// Optimizer steps to stop after.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// DPO's beta.
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// DPO loss: sigmoid, ipo, hinge or robust.
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Longest sequence trained on (longer ones are skipped and counted).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// A prompt to generate from after each epoch, trained model next to the reference
+    /// (repeatable).
+    #[arg(long)]
+    pub sample: Vec<String>,
+    /// Any configuration field by its dotted path, e.g. `--set schedule.kind=cosine`
+    /// (repeatable; the value is read as TOML, else as a string).
+    #[arg(long, value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Resume this run (its id) from its last checkpoint instead of starting a new one.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Folder for run folders (default: <workspace>/runs).
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    /// Folder for downloaded models.
+    #[arg(long, env = "AGORA_MODELS")]
+    pub models_dir: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: Option<RunsCommand>,
+    /// Only the runs of this sweep.
+    #[arg(long)]
+    pub sweep: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// A run's configuration, final metrics and loss curves (written as SVG next to it).
+    Show { run: String },
+    /// Generate from the run's tuned model and from its base model, side by side.
+    Generate {
+        run: String,
+        /// A prompt (repeatable).
+        #[arg(long, short = 'p', required = true)]
+        prompt: Vec<String>,
+        /// New tokens per reply (greedy).
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        #[arg(long, env = "AGORA_MODELS")]
+        models_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The sweep file: agora TOML (`base`, `method`, `[parameters."path"]`) or W&B-style JSON.
+    pub file: PathBuf,
+    /// The training configuration every trial starts from (when the sweep file names none).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Run at most this many trials (the rest wait for another call).
+    #[arg(long)]
+    pub max_trials: Option<usize>,
+    /// Continue this sweep (its id): finished trials are kept, stopped ones resumed.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Any configuration field of every trial, e.g. `--set training.max_steps=20`.
+    #[arg(long, value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    #[arg(long, env = "AGORA_MODELS")]
+    pub models_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -430,6 +572,11 @@ pub enum BenchTarget {
     /// 6 heads, vocabulary 50,257) on a batch of 4 x 256 tokens.
     #[value(name = "forward-gpt2")]
     ForwardGpt2,
+    /// One training step (forward, backward, AdamW) of full fine-tuning on the same random
+    /// GPT-2, SFT or DPO (`--method`): trained tokens/s; with `--model` and `--lora-rank`,
+    /// LoRA on that model instead, with its peak memory.
+    #[value(name = "train")]
+    Train,
     /// `agora serve` in-process under load: N chat requests one after another, then N at
     /// once; generated tokens/s each way and their ratio (batching at work).
     Serve,
@@ -495,6 +642,13 @@ pub struct BenchArgs {
     /// cannot batch (a check of concurrency without a model; simulate's default: 5).
     #[arg(long)]
     pub fake_token_delay_ms: Option<u64>,
+    /// train: `sft` or `dpo` (DPO rows are half prompt, half completion; chosen and
+    /// rejected both count as trained tokens).
+    #[arg(long, default_value = "sft")]
+    pub method: String,
+    /// train: with --model, train LoRA adapters of this rank on it (q_proj, v_proj).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -505,6 +659,9 @@ pub struct QuickstartArgs {
     /// Skip the model step (no model download): corpora, training data and exports only.
     #[arg(long)]
     pub skip_model: bool,
+    /// Skip the short LoRA DPO training example that ends the quickstart.
+    #[arg(long)]
+    pub skip_train: bool,
     /// The backend of the example experiment: `native` (the embedded model), `native:PATH`,
     /// `openai:URL#MODEL`, or `fake:seeded` for a dry run without a model.
     #[arg(long, default_value = "native")]

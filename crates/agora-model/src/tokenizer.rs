@@ -297,6 +297,48 @@ impl Tokenizer {
             .collect()
     }
 
+    /// Writes a Hugging Face tokenizer folder that [`Tokenizer::from_folder`] (and
+    /// transformers) read back: tokenizer.json, and tokenizer_config.json with the
+    /// special tokens and the chat templates. A tokenizer rebuilt from a GGUF file thus
+    /// travels with a model saved as a Hugging Face folder.
+    pub fn save_folder(&self, folder: &Path) -> Result<()> {
+        std::fs::create_dir_all(folder)
+            .map_err(|source| ModelError::Io { path: folder.to_path_buf(), source })?;
+        let tokenizer_path = folder.join("tokenizer.json");
+        self.inner
+            .save(&tokenizer_path, false)
+            .map_err(|error| ModelError::file(&tokenizer_path, format!("cannot write: {error}")))?;
+        let mut config = serde_json::Map::new();
+        for (name, token) in [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+            ("unk_token", &self.unk_token),
+            ("pad_token", &self.pad_token),
+        ] {
+            if let Some(token) = token {
+                config.insert(name.to_string(), JsonValue::String(token.clone()));
+            }
+        }
+        match self.chat_templates.as_slice() {
+            [] => {}
+            [only] if only.name == "default" => {
+                config.insert("chat_template".to_string(), JsonValue::String(only.source.clone()));
+            }
+            templates => {
+                let list = templates
+                    .iter()
+                    .map(|template| serde_json::json!({"name": template.name, "template": template.source}))
+                    .collect();
+                config.insert("chat_template".to_string(), JsonValue::Array(list));
+            }
+        }
+        let config_path = folder.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&JsonValue::Object(config))
+            .map_err(|error| ModelError::file(&config_path, format!("cannot serialise: {error}")))?;
+        std::fs::write(&config_path, text + "\n")
+            .map_err(|source| ModelError::Io { path: config_path, source })
+    }
+
     /// The `tokenizers` object underneath, for what this type does not wrap (offsets, batches).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

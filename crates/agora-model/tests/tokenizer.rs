@@ -380,3 +380,22 @@ fn folder_config_files_add_eos_ids_and_tokens() {
         "<|im_start|>x"
     );
 }
+
+#[test]
+fn a_saved_tokenizer_folder_loads_back_the_same() {
+    let original = Tokenizer::from_folder(&smollm2_folder()).unwrap();
+    let mut grown = original.clone();
+    grown.add_special_tokens(&["<|p1|>"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    grown.save_folder(dir.path()).unwrap();
+    let reloaded = Tokenizer::from_folder(dir.path()).unwrap();
+    let text = "Numbers 12345 and <|p1|> a persona token.";
+    assert_eq!(reloaded.encode(text, false).unwrap(), grown.encode(text, false).unwrap());
+    assert_eq!(reloaded.eos_token_ids(), original.eos_token_ids());
+    assert_eq!(reloaded.vocab_size(), original.vocab_size() + 1);
+    let messages = [Message::user("Hi"), Message::assistant("Hello")];
+    assert_eq!(
+        reloaded.chat_template().unwrap().render(&messages, true).unwrap(),
+        original.chat_template().unwrap().render(&messages, true).unwrap()
+    );
+}

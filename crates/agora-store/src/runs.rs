@@ -105,9 +105,9 @@ impl Store {
         if let Some(row) = exact {
             return finish(row).map(Some);
         }
-        let mut statement = self.connection.prepare(&format!(
-            "SELECT {COLUMNS} FROM runs WHERE instr(id, ?1) > 0 ORDER BY id LIMIT 2"
-        ))?;
+        let mut statement = self
+            .connection
+            .prepare(&format!("SELECT {COLUMNS} FROM runs WHERE instr(id, ?1) > 0 ORDER BY id LIMIT 2"))?;
         let rows: Vec<_> = statement.query_map([id], record_from_row)?.collect::<rusqlite::Result<_>>()?;
         match rows.len() {
             1 => rows.into_iter().next().map(finish).transpose(),
@@ -125,9 +125,13 @@ mod tests {
     fn runs_are_registered_finished_listed_and_found_by_part_of_their_id() {
         let store = Store::in_memory().unwrap();
         let config = serde_json::json!({"method": "dpo"});
-        store.register_run("20261122T100000Z_dpo-abc123", "runs/a", "dpo", "m.gguf", &config, Some("s1")).unwrap();
+        store
+            .register_run("20261122T100000Z_dpo-abc123", "runs/a", "dpo", "m.gguf", &config, Some("s1"))
+            .unwrap();
         store.register_run("20261122T100001Z_sft-def456", "runs/b", "sft", "m.gguf", &config, None).unwrap();
-        store.finish_run("20261122T100000Z_dpo-abc123", "finished", &serde_json::json!({"steps": 4})).unwrap();
+        store
+            .finish_run("20261122T100000Z_dpo-abc123", "finished", &serde_json::json!({"steps": 4}))
+            .unwrap();
         let all = store.runs(None).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].id, "20261122T100001Z_sft-def456");
@@ -139,7 +143,9 @@ mod tests {
         assert!(store.run("zzz").unwrap().is_none());
         assert!(store.run("20261122T10000").is_err());
         // A resume marks the run running again without losing its creation time.
-        store.register_run("20261122T100000Z_dpo-abc123", "runs/a", "dpo", "m.gguf", &config, Some("s1")).unwrap();
+        store
+            .register_run("20261122T100000Z_dpo-abc123", "runs/a", "dpo", "m.gguf", &config, Some("s1"))
+            .unwrap();
         assert_eq!(store.run("abc123").unwrap().unwrap().status, "running");
         assert!(store.finish_run("nope", "failed", &config).is_err());
     }

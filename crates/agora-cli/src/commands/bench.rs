@@ -40,6 +40,7 @@ pub fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         BenchTarget::Cmv => bench_cmv(settings, args),
         BenchTarget::Decode => bench_decode(settings, args),
         BenchTarget::ForwardGpt2 => bench_forward_gpt2(settings, args),
+        BenchTarget::Train => super::bench_train::run(settings, args),
         BenchTarget::Serve => super::bench_serve::run(settings, args),
         BenchTarget::Simulate => super::bench_simulate::run(settings, args),
     }
@@ -135,13 +136,13 @@ fn measure(name: &'static str, work: impl FnOnce() -> anyhow::Result<u64>) -> an
 }
 
 /// Resets the kernel's peak-RSS counter for this process (Linux; a no-op elsewhere).
-fn reset_peak_rss() {
+pub(super) fn reset_peak_rss() {
     // Writing 5 to clear_refs resets VmHWM to the current RSS.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Peak resident set size in MB since the last reset (Linux `VmHWM`).
-fn peak_rss() -> Option<f64> {
+pub(super) fn peak_rss() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kilobytes: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -417,7 +418,7 @@ fn bench_forward_gpt2(settings: &Settings, args: &BenchArgs) -> anyhow::Result<(
 /// norms at weight 1 and bias 0, as transformers initialises GPT-2) into `dir`; returns
 /// the parameter count. The safetensors file is written by hand (an 8-byte header
 /// length, a JSON header, then little-endian data) to keep candle inside agora-model.
-fn write_random_gpt2(dir: &Path, seed: u64) -> anyhow::Result<usize> {
+pub(super) fn write_random_gpt2(dir: &Path, seed: u64) -> anyhow::Result<usize> {
     let config = serde_json::json!({
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
@@ -507,11 +508,11 @@ fn standard_normal(random: &mut agora_model::sampling::Xoshiro256StarStar) -> f3
     ((-2.0 * uniform.ln()).sqrt() * angle.cos()) as f32
 }
 
-fn threads_or_all(threads: Option<usize>) -> usize {
+pub(super) fn threads_or_all(threads: Option<usize>) -> usize {
     threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(super) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {

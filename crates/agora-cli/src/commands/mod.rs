@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod bench_serve;
 mod bench_simulate;
+mod bench_train;
 mod build;
 mod chat;
 mod corpora;
@@ -14,9 +15,12 @@ mod import;
 mod init;
 mod model;
 mod quickstart;
+mod runs;
 mod serve;
 mod show;
 mod stats;
+mod sweep;
+mod train;
 
 use crate::args::{Cli, Command};
 use crate::settings::Settings;
@@ -43,5 +47,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Annotate(args) => experiment::run_stages(&settings, &args, &[experiment::Stage::Annotate]),
         Command::Judge(args) => experiment::run_stages(&settings, &args, &[experiment::Stage::Judge]),
         Command::Report(args) => experiment::report::run(&settings, &args),
+        Command::Train(command) => train::run(&settings, &command),
+        Command::Runs(args) => runs::run(&settings, &args),
+        Command::Sweep(args) => sweep::run(&settings, &args),
     }
 }

@@ -94,6 +94,9 @@ pub fn run(settings: &Settings, args: &crate::args::QuickstartArgs) -> anyhow::R
     }
     if !args.skip_model {
         run_experiment(settings, args, &examples)?;
+        if args.backend == "native" && !args.skip_train {
+            run_training_example(settings, args, &exports)?;
+        }
     }
     println!();
     println!("done. Look at:");
@@ -147,6 +150,62 @@ fn run_experiment(
     println!();
     print!("{}", super::experiment::report::render(&super::experiment::report::build(&store, &name)?));
     Ok(())
+}
+
+/// Two LoRA DPO steps on the default model with the CMV pairs just built, then the base
+/// and the tuned model's replies to one prompt side by side (README's training example,
+/// cut short).
+fn run_training_example(
+    settings: &Settings,
+    args: &crate::args::QuickstartArgs,
+    exports: &Path,
+) -> anyhow::Result<()> {
+    let prompt = "Should cities ban cars from their centres?";
+    let train_args = crate::args::TrainArgs {
+        config: None,
+        data: Some(exports.join("cmv-dpo/train.jsonl")),
+        eval: None,
+        layout: None,
+        model: args.model.model.clone(),
+        lora_rank: Some(8),
+        lora_targets: Vec::new(),
+        steps: Some(2),
+        epochs: None,
+        batch_size: Some(1),
+        learning_rate: Some(1e-4),
+        beta: None,
+        loss: None,
+        max_length: Some(256),
+        sample: Vec::new(),
+        set: Vec::new(),
+        resume: None,
+        runs_dir: None,
+        models_dir: args.model.models_dir.clone(),
+        threads: args.model.threads,
+    };
+    println!();
+    println!("training: 2 LoRA DPO steps on the default model with the CMV preference pairs");
+    let config = super::train::resolve_config(&train_args, agora_train::Method::Dpo)?;
+    let store = settings.open_store()?;
+    let prepared = super::train::prepare(settings, &store, &config, args.model.models_dir.as_deref())?;
+    let runs_dir = agora_train::trainer::runs_dir(&settings.workspace);
+    let run = agora_train::RunDir::create(&runs_dir, "dpo")?;
+    run.write_config(&config)?;
+    let summary = super::train::run_training(settings, &store, &config, &run, prepared, &runs_dir, None)?;
+    println!(
+        "run {}: {} steps, loss {:.4}, rewards/accuracies {}",
+        run.id,
+        summary.steps,
+        summary.final_train_loss.unwrap_or(f64::NAN),
+        summary.last_metrics.get("rewards/accuracies").map_or("-".to_string(), |value| value.to_string())
+    );
+    super::runs::print_side_by_side(
+        settings,
+        &run.id,
+        &[prompt.to_string()],
+        32,
+        args.model.models_dir.as_deref(),
+    )
 }
 
 /// `examples/data` of the repository this binary was built from, else of the current folder.
