@@ -210,9 +210,62 @@ pub(crate) fn matmul_last_dim(xs: &Tensor, matrix: &Tensor) -> Result<Tensor> {
     let mut dims = xs.dims().to_vec();
     let inner = dims.pop().unwrap_or(1);
     let rows: usize = dims.iter().product();
-    let output = xs.reshape((rows, inner))?.matmul(matrix)?;
+    let flat = xs.reshape((rows, inner))?;
+    let output = if xs.track_op() && !matrix.track_op() && xs.device().is_cpu() {
+        frozen_matmul(&flat, matrix)?
+    } else {
+        flat.matmul(matrix)?
+    };
     dims.push(matrix.dim(1)?);
     Ok(output.reshape(dims)?)
+}
+
+/// `xs · matrix` where only `xs` needs a gradient (a frozen weight under LoRA). candle's
+/// matmul backward computes the gradient of both operands whether or not one is a
+/// variable, so every frozen layer would cost a second matrix product in the backward
+/// pass and hold a weight-sized gradient: the whole model's size again. The product is
+/// computed outside the graph and re-attached to `xs` by an op whose backward is
+/// `grad · matrixᵀ` alone.
+fn frozen_matmul(xs: &Tensor, matrix: &Tensor) -> Result<Tensor> {
+    let product = xs.detach().matmul(matrix)?.contiguous()?;
+    let op = FrozenMatmul { matrix: matrix.clone(), product: std::sync::Mutex::new(Some(product)) };
+    Ok(xs.apply_op1(op)?)
+}
+
+struct FrozenMatmul {
+    matrix: Tensor,
+    /// Taken by the forward call, so the graph does not keep a second copy of the output.
+    product: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _xs: &candle_core::CpuStorage,
+        _layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let product = self
+            .product
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("frozen-matmul: lock poisoned".to_string()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: forward ran twice".to_string()))?;
+        let (storage, layout) = product.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(cpu), Some((0, end))) if end == layout.shape().elem_count() => {
+                Ok((cpu.clone(), layout.shape().clone()))
+            }
+            _ => Err(candle_core::Error::Msg("frozen-matmul: product not contiguous on the CPU".to_string())),
+        }
+    }
+
+    fn bwd(&self, _xs: &Tensor, _result: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.matrix.t()?)?))
+    }
 }
 
 /// A token (or position) embedding table, `[rows, hidden]`.
@@ -922,5 +975,34 @@ impl LanguageModel for Model {
 
     fn device(&self) -> &Device {
         self.inner().device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frozen product gives the same values and input gradient as candle's matmul,
+    /// and no gradient at all for the frozen matrix.
+    #[test]
+    fn frozen_matmul_matches_matmul_without_a_weight_gradient() {
+        let device = Device::Cpu;
+        let input =
+            Var::from_tensor(&Tensor::arange(0f32, 12.0, &device).unwrap().reshape((2, 2, 3)).unwrap())
+                .unwrap();
+        let matrix = (Tensor::arange(0f32, 12.0, &device).unwrap().reshape((3, 4)).unwrap() * 0.1).unwrap();
+        let frozen = matmul_last_dim(input.as_tensor(), &matrix).unwrap();
+        let plain =
+            input.as_tensor().reshape((4, 3)).unwrap().matmul(&matrix).unwrap().reshape((2, 2, 4)).unwrap();
+        assert_eq!(frozen.to_vec3::<f32>().unwrap(), plain.to_vec3::<f32>().unwrap());
+        let weights = Tensor::arange(0f32, 16.0, &device).unwrap().reshape((2, 2, 4)).unwrap();
+        let frozen_grads = (frozen * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let plain_grads = (plain * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(
+            frozen_grads.get(input.as_tensor()).unwrap().to_vec3::<f32>().unwrap(),
+            plain_grads.get(input.as_tensor()).unwrap().to_vec3::<f32>().unwrap()
+        );
+        assert!(frozen_grads.get(&matrix).is_none());
+        assert!(plain_grads.get(&matrix).is_some(), "candle's own matmul does compute it");
     }
 }

@@ -116,6 +116,11 @@ pub fn run(settings: &Settings, args: &crate::args::QuickstartArgs) -> anyhow::R
         println!(
             "  `agora experiment export quickstart --format csv --out DIR -w {workspace}` exports its tables"
         );
+        if args.backend == "native" && !args.skip_train {
+            println!(
+                "  `agora runs -w {workspace}` lists the training run; `agora runs show RUN -w {workspace}` draws its curves"
+            );
+        }
     }
     Ok(())
 }
