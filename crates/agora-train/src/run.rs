@@ -43,6 +43,10 @@ pub struct TrainerState {
     /// Evaluations in a row without improvement.
     pub evals_without_improvement: usize,
     pub total_steps: usize,
+    /// A hash of every token of the training set: a run resumes only on the data it
+    /// started with (the seeded order of each epoch depends on it).
+    #[serde(default)]
+    pub data_hash: String,
 }
 
 /// How a run ended (also stored in the workspace's run register).
@@ -420,6 +424,7 @@ mod tests {
             best_eval_loss: None,
             evals_without_improvement: 0,
             total_steps: 10,
+            data_hash: "h".to_string(),
         };
         for step in [2, 4, 6] {
             let partial = run.begin_checkpoint(step).unwrap();

@@ -108,12 +108,24 @@ pub fn train(
     let epochs = total_steps.div_ceil(steps_per_epoch.max(1));
     let schedule = Schedule::new(&config.schedule, config.optimizer.learning_rate, total_steps);
 
+    let data_hash = data_hash(&data.train);
     let checkpoint = run.last_checkpoint()?;
     let mut state = match &checkpoint {
         Some((_, dir)) => {
+            let state = RunDir::read_state(dir)?;
+            if !state.data_hash.is_empty() && state.data_hash != data_hash {
+                return Err(TrainError::Config {
+                    file: config.data.train.clone(),
+                    message: format!(
+                        "the training data changed since run {} started; a run resumes only on its own data \
+                         (start a new run instead)",
+                        run.id
+                    ),
+                });
+            }
             model.load_weights(dir)?;
             optimizer.load(&dir.join(OPTIMIZER_FILE))?;
-            RunDir::read_state(dir)?
+            state
         }
         None => TrainerState {
             step: 0,
@@ -122,6 +134,7 @@ pub fn train(
             best_eval_loss: None,
             evals_without_improvement: 0,
             total_steps,
+            data_hash,
         },
     };
     let mut logs = run.open_logs(checkpoint.as_ref().map(|(step, _)| *step))?;
@@ -327,6 +340,29 @@ fn check_data(config: &TrainConfig, data: &TrainData) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// SHA-256 over every token of the training set, in order.
+fn data_hash(dataset: &Dataset) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut part = |tokens: &[u32]| {
+        hasher.update((tokens.len() as u64).to_le_bytes());
+        tokens.iter().for_each(|token| hasher.update(token.to_le_bytes()));
+    };
+    match dataset {
+        Dataset::Sft(examples) => examples.iter().for_each(|example| {
+            part(&example.tokens);
+            let targets: Vec<u32> = example.targets.iter().map(|target| u32::from(*target)).collect();
+            part(&targets);
+        }),
+        Dataset::Preferences(pairs) => pairs.iter().for_each(|pair| {
+            part(&pair.prompt);
+            part(&pair.chosen);
+            part(&pair.rejected);
+        }),
+    }
+    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The micro-batches of epoch `epoch`, grouped by optimizer step. The last group of an

@@ -220,6 +220,17 @@ fn a_run_halted_between_checkpoints_resumes_to_the_uninterrupted_result() {
         read_weights(&straight.path.join("final/model.safetensors")),
         "bit-identical weights"
     );
+
+    // A run refuses to resume on other data.
+    let changed = RunDir::create(&dir.path().join("runs"), "sft").unwrap();
+    let (mut model_d, data) = load(&config);
+    trainer::train(&config, &mut model_d, &data, &changed, &halting, &mut Quiet).unwrap();
+    let (mut model_e, mut data) = load(&config);
+    if let Dataset::Sft(examples) = &mut data.train {
+        examples.pop();
+    }
+    let error = trainer::train(&config, &mut model_e, &data, &changed, &options, &mut Quiet).unwrap_err();
+    assert!(error.to_string().contains("training data changed"), "{error}");
 }
 
 #[test]
