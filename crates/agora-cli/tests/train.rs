@@ -302,3 +302,49 @@ fn lora_dpo_on_the_default_model_as_the_readme_shows() {
     assert!(replies[0]["base"].is_string() && replies[0]["tuned"].is_string());
     let _ = agora(&workspace, &["runs"]);
 }
+
+#[test]
+fn personagpt_layout_grows_the_vocabulary_and_trains_on_a_persona_chat_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = dir.path().join("ws");
+    let model = tiny_gpt2(dir.path()).display().to_string();
+    // Short lines: the tiny GPT-2 has 64 positions and the tokenizer reads characters.
+    let corpus = dir.path().join("personachat.txt");
+    std::fs::write(
+        &corpus,
+        "1 your persona: i fish.\n2 hi\they\n3 fish ?\tyes\n1 your persona: i sing.\n2 yo\thi\n3 sing ?\tla\n",
+    )
+    .unwrap();
+    ok(&workspace, &["import", "personachat", corpus.to_str().unwrap(), "--name", "pc"]);
+    let summary = json(
+        &workspace,
+        &[
+            "train",
+            "sft",
+            "--layout",
+            "personagpt",
+            "--data",
+            "pc",
+            "--model",
+            &model,
+            "--steps",
+            "2",
+            "--max-length",
+            "64",
+            "--threads",
+            "1",
+        ],
+    );
+    assert_eq!(summary["status"], "finished", "{summary}");
+    let final_dir = workspace.join("runs").join(summary["id"].as_str().unwrap()).join("final");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(final_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], 134, "128 + PersonaGPT's 6 special tokens");
+    let tokenizer = std::fs::read_to_string(final_dir.join("tokenizer.json")).unwrap();
+    assert!(tokenizer.contains("<|p2|>") && tokenizer.contains("<|sep|>"));
+    let error = fails(
+        &workspace,
+        &["train", "sft", "--layout", "personagpt", "--data", "pc", "--model", &model, "--lora-rank", "2"],
+    );
+    assert!(error.contains("full fine-tuning"), "{error}");
+}
