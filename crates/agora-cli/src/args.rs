@@ -127,13 +127,16 @@ pub struct TrainArgs {
     /// LoRA target modules, comma-separated (default q_proj,v_proj; GPT-2: c_attn).
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Vec<String>,
-    /// Optimizer steps to stop after.
+    /// Optimizer steps to train, over as many epochs as that takes (wins over --epochs).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Passes over the training data (default 1).
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Examples (or preference pairs) per forward pass (default 4).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Peak learning rate of AdamW (default 5e-5), reached after any warm-up.
     #[arg(long)]
     pub learning_rate: Option<f64>,
     /// DPO's beta.
@@ -182,6 +185,7 @@ pub enum RunsCommand {
     Show { run: String },
     /// Generate from the run's tuned model and from its base model, side by side.
     Generate {
+        /// The run (its id, or any unique part of it).
         run: String,
         /// A prompt (repeatable).
         #[arg(long, short = 'p', required = true)]
@@ -189,6 +193,7 @@ pub enum RunsCommand {
         /// New tokens per reply (greedy).
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
+        /// Folder for downloaded models.
         #[arg(long, env = "AGORA_MODELS")]
         models_dir: Option<PathBuf>,
     },
@@ -210,10 +215,13 @@ pub struct SweepArgs {
     /// Any configuration field of every trial, e.g. `--set training.max_steps=20`.
     #[arg(long, value_name = "PATH=VALUE")]
     pub set: Vec<String>,
+    /// Folder for run folders (default: <workspace>/runs).
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
+    /// Folder for downloaded models.
     #[arg(long, env = "AGORA_MODELS")]
     pub models_dir: Option<PathBuf>,
+    /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
 }
