@@ -6,6 +6,7 @@
 //! of the data without depending on each other.
 
 mod conversation;
+mod json;
 mod judgement;
 mod message;
 mod persona;
@@ -15,6 +16,7 @@ pub mod time;
 mod tree;
 
 pub use conversation::{Conversation, Delta, Participant, Role, Source, Turn, TurnLabels};
+pub use json::json_kind;
 pub use judgement::{Annotation, Judgement, Score};
 pub use message::{ChatRole, Message};
 pub use persona::Persona;

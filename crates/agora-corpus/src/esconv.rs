@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
-use agora_core::{Conversation, Meta, Participant, Role, Source, Strategy, Turn, TurnLabels};
+use agora_core::{Conversation, Meta, Participant, Role, Source, Strategy, Turn, TurnLabels, json_kind};
 use serde::Deserializer as _;
 use serde::de::{Error as _, SeqAccess, Visitor};
 use serde_json::Value;
@@ -190,17 +190,6 @@ impl Place<'_> {
     }
 }
 
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn required_str<'v>(
     place: &Place<'_>,
     object: &'v Meta,
@@ -209,7 +198,7 @@ fn required_str<'v>(
 ) -> Result<&'v str, CorpusError> {
     match object.get(key) {
         Some(Value::String(text)) => Ok(text),
-        Some(other) => Err(place.error(field, format!("expected a string, found {}", type_name(other)))),
+        Some(other) => Err(place.error(field, format!("expected a string, found {}", json_kind(other)))),
         None => Err(place.error(field, "missing field")),
     }
 }
@@ -234,7 +223,7 @@ fn convert(
     let Value::Object(object) = record else {
         return Err(CorpusError::invalid(
             place.location(),
-            format!("expected an object, found {}", type_name(record)),
+            format!("expected an object, found {}", json_kind(record)),
         ));
     };
     let original_id = conversation_id(place, object)?;
@@ -242,7 +231,7 @@ fn convert(
         return Err(place.error("dialog", "missing field"));
     };
     let Value::Array(dialog) = dialog else {
-        return Err(place.error("dialog", format!("expected an array, found {}", type_name(dialog))));
+        return Err(place.error("dialog", format!("expected a list, found {}", json_kind(dialog))));
     };
     let mut messages = Vec::with_capacity(dialog.len());
     for (message_index, message) in dialog.iter().enumerate() {
@@ -273,7 +262,7 @@ fn conversation_id(place: &Place<'_>, object: &Meta) -> Result<String, CorpusErr
             Some(other) => {
                 return Err(place.error(
                     key,
-                    format!("expected a non-empty string or a number, found {}", type_name(other)),
+                    format!("expected a non-empty string or a number, found {}", json_kind(other)),
                 ));
             }
         }
@@ -360,7 +349,7 @@ fn read_message(
 ) -> Result<Message, CorpusError> {
     let field = |name: &str| format!("dialog[{message_index}]{name}");
     let Value::Object(object) = message else {
-        return Err(place.error(field(""), format!("expected an object, found {}", type_name(message))));
+        return Err(place.error(field(""), format!("expected an object, found {}", json_kind(message))));
     };
     let raw_speaker = required_str(place, object, "speaker", &field(".speaker"))?;
     let (speaker, role) = map_speaker(raw_speaker).ok_or_else(|| {
@@ -396,7 +385,7 @@ fn read_message(
                         let Value::String(label) = value else {
                             return Err(place.error(
                                 label_field,
-                                format!("expected a string, found {}", type_name(value)),
+                                format!("expected a string, found {}", json_kind(value)),
                             ));
                         };
                         strategy = Some(read_strategy(place, &label_field, label, report)?);
@@ -408,7 +397,7 @@ fn read_message(
                         other => {
                             return Err(place.error(
                                 field(".annotation.feedback"),
-                                format!("expected a string or a number, found {}", type_name(other)),
+                                format!("expected a string or a number, found {}", json_kind(other)),
                             ));
                         }
                     },
@@ -420,7 +409,7 @@ fn read_message(
         }
         Some(other) => {
             return Err(
-                place.error(field(".annotation"), format!("expected an object, found {}", type_name(other)))
+                place.error(field(".annotation"), format!("expected an object, found {}", json_kind(other)))
             );
         }
     }

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use agora_core::json_kind;
 use agora_model::{ChatTemplate, Message, Tokenizer};
 use serde_json::{Map, Value};
 
@@ -234,7 +235,7 @@ fn for_each_record(
                 path,
                 line,
                 "",
-                format!("expected a JSON object per line, found {}", kind_of(&value)),
+                format!("expected a JSON object per line, found {}", json_kind(&value)),
             ));
         };
         handle(line, &record, report)?;
@@ -308,7 +309,8 @@ fn read_content(at: &Place<'_>, record: &Map<String, Value>, field: &str) -> Res
         Some(Value::String(text)) => Ok(Content::Standard(text.clone())),
         Some(Value::Array(items)) => read_messages(at, field, items).map(Content::Conversation),
         Some(other) => {
-            Err(at.error(field, format!("expected a string or a list of messages, found {}", kind_of(other))))
+            Err(at
+                .error(field, format!("expected a string or a list of messages, found {}", json_kind(other))))
         }
         None => Err(at.error(field, "missing")),
     }
@@ -320,31 +322,20 @@ fn read_messages(at: &Place<'_>, field: &str, items: &[Value]) -> Result<Vec<Mes
         let Value::Object(object) = item else {
             return Err(at.error(
                 &format!("{field}[{index}]"),
-                format!("expected a message object {{\"role\", \"content\"}}, found {}", kind_of(item)),
+                format!("expected a message object {{\"role\", \"content\"}}, found {}", json_kind(item)),
             ));
         };
         let text_of = |key: &str| match object.get(key) {
             Some(Value::String(text)) => Ok(text.clone()),
             Some(other) => Err(at.error(
                 &format!("{field}[{index}].{key}"),
-                format!("expected a string, found {}", kind_of(other)),
+                format!("expected a string, found {}", json_kind(other)),
             )),
             None => Err(at.error(&format!("{field}[{index}].{key}"), "missing")),
         };
         messages.push(Message::new(text_of("role")?, text_of("content")?));
     }
     Ok(messages)
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Skips an SFT example longer than `max_length`, or one with nothing to learn.

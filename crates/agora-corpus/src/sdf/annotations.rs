@@ -20,11 +20,11 @@
 
 use std::path::Path;
 
-use agora_core::{Annotation, Conversation, Score};
+use agora_core::{Annotation, Conversation, Score, json_kind};
 use serde_json::Value;
 
 use super::conversations::{json_files, structured_persona};
-use super::{CORPUS, file_stem, json_type, read_json};
+use super::{CORPUS, file_stem, read_json};
 use crate::{CorpusError, ImportReport, Location};
 
 /// Annotations from an SDF annotation file, or from every `.json` file of a folder in name
@@ -79,7 +79,7 @@ fn annotations_from_file(
         other => {
             return Err(CorpusError::invalid(
                 location,
-                format!("expected an annotation object, found {}", json_type(&other)),
+                format!("expected an annotation object, found {}", json_kind(&other)),
             ));
         }
     };
@@ -103,7 +103,7 @@ fn annotations_from_file(
         (Some(other), _) => {
             return Err(CorpusError::invalid(
                 field("conv_id"),
-                format!("expected a non-empty string, found {}", json_type(other)),
+                format!("expected a non-empty string, found {}", json_kind(other)),
             ));
         }
     };
@@ -113,7 +113,7 @@ fn annotations_from_file(
         Some(other) => {
             return Err(CorpusError::invalid(
                 field("annotator_model"),
-                format!("expected a string, found {}", json_type(other)),
+                format!("expected a string, found {}", json_kind(other)),
             ));
         }
     };
@@ -123,7 +123,7 @@ fn annotations_from_file(
         Some(other) => {
             return Err(CorpusError::invalid(
                 field("logs"),
-                format!("expected a list, found {}", json_type(other)),
+                format!("expected a list, found {}", json_kind(other)),
             ));
         }
     };
@@ -223,7 +223,7 @@ fn log_entry(entry: &Value, location: &Location, index: usize) -> Result<Entry, 
                 None | Some(Value::Null) => Ok(None),
                 Some(other) => Err(CorpusError::invalid(
                     at(&format!(".{field}")),
-                    format!("expected a string, found {}", json_type(other)),
+                    format!("expected a string, found {}", json_kind(other)),
                 )),
             };
             let speaker = text("name")?.ok_or_else(|| CorpusError::invalid(at(".name"), "missing"))?;
@@ -238,7 +238,7 @@ fn log_entry(entry: &Value, location: &Location, index: usize) -> Result<Entry, 
         }
         other => Err(CorpusError::invalid(
             at(""),
-            format!("expected a [comment, reply] pair or an object, found {}", json_type(other)),
+            format!("expected a [comment, reply] pair or an object, found {}", json_kind(other)),
         )),
     }
 }

@@ -21,11 +21,11 @@
 
 use std::path::Path;
 
-use agora_core::{Conversation, Meta, Participant, Persona, Role, Source, Turn, TurnLabels};
+use agora_core::{Conversation, Meta, Participant, Persona, Role, Source, Turn, TurnLabels, json_kind};
 use serde_json::Value;
 
 use super::inputs::persona_from_object;
-use super::{CORPUS, file_stem, is_hidden, json_type, read_json};
+use super::{CORPUS, file_stem, is_hidden, read_json};
 use crate::{CorpusError, ImportOptions, ImportReport, Location, Sink};
 
 /// Imports SDF discussion output: one `.json` file, or every `.json` file of a folder in
@@ -98,7 +98,7 @@ fn conversation_from_file(file: &Path, report: &mut ImportReport) -> Result<Conv
         other => {
             return Err(CorpusError::invalid(
                 location,
-                format!("expected a discussion object, found {}", json_type(&other)),
+                format!("expected a discussion object, found {}", json_kind(&other)),
             ));
         }
     };
@@ -114,7 +114,7 @@ fn conversation_from_file(file: &Path, report: &mut ImportReport) -> Result<Conv
         Some(other) => {
             return Err(CorpusError::invalid(
                 field("id"),
-                format!("expected a non-empty string, found {}", json_type(&other)),
+                format!("expected a non-empty string, found {}", json_kind(&other)),
             ));
         }
     };
@@ -124,7 +124,7 @@ fn conversation_from_file(file: &Path, report: &mut ImportReport) -> Result<Conv
         Some(other) => {
             return Err(CorpusError::invalid(
                 field("logs"),
-                format!("expected a list, found {}", json_type(&other)),
+                format!("expected a list, found {}", json_kind(&other)),
             ));
         }
     };
@@ -135,7 +135,7 @@ fn conversation_from_file(file: &Path, report: &mut ImportReport) -> Result<Conv
         Some(other) => {
             return Err(CorpusError::invalid(
                 field("moderator"),
-                format!("expected a string or null, found {}", json_type(other)),
+                format!("expected a string or null, found {}", json_kind(other)),
             ));
         }
     };
@@ -147,7 +147,7 @@ fn conversation_from_file(file: &Path, report: &mut ImportReport) -> Result<Conv
         let Value::Array(prompts) = prompts else {
             return Err(CorpusError::invalid(
                 field("user_prompts"),
-                format!("expected a list, found {}", json_type(prompts)),
+                format!("expected a list, found {}", json_kind(prompts)),
             ));
         };
         for (index, prompt) in prompts.iter().enumerate() {
@@ -251,7 +251,7 @@ fn log_entry(entry: Value, location: &Location, index: usize) -> Result<LogEntry
                 Some(other) => {
                     return Err(CorpusError::invalid(
                         at(".name"),
-                        format!("expected a string, found {}", json_type(&other)),
+                        format!("expected a string, found {}", json_kind(&other)),
                     ));
                 }
             };
@@ -261,7 +261,7 @@ fn log_entry(entry: Value, location: &Location, index: usize) -> Result<LogEntry
                 Some(other) => {
                     return Err(CorpusError::invalid(
                         at(".text"),
-                        format!("expected a string, found {}", json_type(&other)),
+                        format!("expected a string, found {}", json_kind(&other)),
                     ));
                 }
             };
@@ -274,7 +274,7 @@ fn log_entry(entry: Value, location: &Location, index: usize) -> Result<LogEntry
         }
         other => Err(CorpusError::invalid(
             at(""),
-            format!("expected a [username, text] pair or an object, found {}", json_type(&other)),
+            format!("expected a [username, text] pair or an object, found {}", json_kind(&other)),
         )),
     }
 }
@@ -284,7 +284,7 @@ fn string_list(value: Option<&Value>, location: &Location) -> Result<Option<Vec<
     let Value::Array(items) = value else {
         return Err(CorpusError::invalid(
             location.clone(),
-            format!("expected a list, found {}", json_type(value)),
+            format!("expected a list, found {}", json_kind(value)),
         ));
     };
     items
@@ -294,7 +294,7 @@ fn string_list(value: Option<&Value>, location: &Location) -> Result<Option<Vec<
             Value::String(text) => Ok(text.clone()),
             other => Err(CorpusError::invalid(
                 location.clone(),
-                format!("item {index}: expected a string, found {}", json_type(other)),
+                format!("item {index}: expected a string, found {}", json_kind(other)),
             )),
         })
         .collect::<Result<Vec<_>, _>>()

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use agora_core::{Meta, Persona};
+use agora_core::{Meta, Persona, json_kind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{file_stem, folder_files, json_type, read_json, yaml};
+use super::{file_stem, folder_files, read_json, yaml};
 use crate::{CorpusError, Location, input};
 
 /// A text input of the SDF: a topic, user, moderator or annotator instructions.
@@ -78,7 +78,7 @@ pub fn read_personas(path: &Path) -> Result<Vec<Persona>, CorpusError> {
                     let Value::Object(object) = item else {
                         return Err(CorpusError::invalid(
                             location,
-                            format!("expected an object, found {}", json_type(item)),
+                            format!("expected an object, found {}", json_kind(item)),
                         ));
                     };
                     personas.push(persona_from_object(object, &location, "")?);
@@ -87,7 +87,7 @@ pub fn read_personas(path: &Path) -> Result<Vec<Persona>, CorpusError> {
             other => {
                 return Err(CorpusError::invalid(
                     Location::file(&file),
-                    format!("expected a persona object or a list of them, found {}", json_type(&other)),
+                    format!("expected a persona object or a list of them, found {}", json_kind(&other)),
                 ));
             }
         }
@@ -112,7 +112,7 @@ pub(super) fn persona_from_object(
         Some(other) => {
             return Err(CorpusError::invalid(
                 field_location("username"),
-                format!("expected a string, found {}", json_type(other)),
+                format!("expected a string, found {}", json_kind(other)),
             ));
         }
     };
@@ -124,7 +124,7 @@ pub(super) fn persona_from_object(
             Some(other) => {
                 return Err(CorpusError::invalid(
                     field_location(field),
-                    format!("expected a string, found {}", json_type(other)),
+                    format!("expected a string, found {}", json_kind(other)),
                 ));
             }
         };
@@ -191,7 +191,7 @@ pub fn read_conversation_config(path: &Path) -> Result<SdfConversationConfig, Co
         Value::Object(object) => config_from_object(object, &location),
         other => Err(CorpusError::invalid(
             location,
-            format!("expected a config object, found {}", json_type(&other)),
+            format!("expected a config object, found {}", json_kind(&other)),
         )),
     }
 }
@@ -211,7 +211,7 @@ fn config_from_object(
         Some(other) => {
             return Err(CorpusError::invalid(
                 location.clone().with_field("turn_manager_type"),
-                format!("expected a string, found {}", json_type(&other)),
+                format!("expected a string, found {}", json_kind(&other)),
             ));
         }
     };
@@ -228,7 +228,7 @@ fn config_from_object(
         Some(other) => {
             return Err(CorpusError::invalid(
                 location.clone().with_field("turn_manager_config"),
-                format!("expected an object, found {}", json_type(&other)),
+                format!("expected an object, found {}", json_kind(&other)),
             ));
         }
     };
@@ -268,7 +268,7 @@ fn config_from_yaml(path: &Path) -> Result<SdfConversationConfig, CorpusError> {
                 other => {
                     return Err(CorpusError::invalid(
                         field("turn_manager_type"),
-                        format!("expected a string, found {}", json_type(&other)),
+                        format!("expected a string, found {}", json_kind(&other)),
                     ));
                 }
             }

@@ -91,18 +91,6 @@ fn folder_files(path: &Path, extension: &str) -> Result<Vec<std::path::PathBuf>,
     Ok(files)
 }
 
-/// A short name for a JSON value's type, for error messages.
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The file name without extension, as the SDF uses it for topics and instructions.
 fn file_stem(path: &Path) -> String {
     path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()
