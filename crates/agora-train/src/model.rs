@@ -52,8 +52,7 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// Loads `path` (a GGUF file or a Hugging Face folder) with its tokenizer, dequantized to
 /// f32; without `lora` every weight becomes trainable.
 pub fn load_model(path: &Path, device: &Device, lora: Option<&LoraConfig>, seed: u64) -> Result<TrainModel> {
-    let tokenizer = if path.is_dir() { Tokenizer::from_folder(path)? } else { Tokenizer::from_gguf(path)? };
-    let template = tokenizer.chat_template()?;
+    let (tokenizer, template) = read_tokenizer(path)?;
     let varmap = VarMap::new();
     let trainable = if lora.is_some() { Trainable::No } else { Trainable::Yes(&varmap) };
     let mut model = if path.is_dir() {
@@ -68,36 +67,36 @@ pub fn load_model(path: &Path, device: &Device, lora: Option<&LoraConfig>, seed:
     Ok(TrainModel { model, tokenizer, template, tuning, path: path.to_path_buf() })
 }
 
-/// A trained model for generation: `tuned` is a run's `final/` folder, either a PEFT
-/// adapter (put on the base model at `base_path`) or a whole Hugging Face model.
-pub fn load_tuned(base_path: &Path, tuned: &Path, device: &Device) -> Result<TrainModel> {
-    if tuned.join("adapter_config.json").is_file() {
-        let tokenizer = if base_path.is_dir() {
-            Tokenizer::from_folder(base_path)?
-        } else {
-            Tokenizer::from_gguf(base_path)?
-        };
-        let template = tokenizer.chat_template()?;
-        let mut model = load_frozen(base_path, device)?;
-        let adapters = LoraAdapters::load_peft(&mut model, tuned)?;
-        return Ok(TrainModel {
-            model,
-            tokenizer,
-            template,
-            tuning: Tuning::Lora(adapters),
-            path: base_path.to_path_buf(),
-        });
-    }
-    let tokenizer = Tokenizer::from_folder(tuned)?;
+/// The tokenizer and chat template of a GGUF file or a Hugging Face folder.
+fn read_tokenizer(path: &Path) -> Result<(Tokenizer, ChatTemplate)> {
+    let tokenizer = if path.is_dir() { Tokenizer::from_folder(path)? } else { Tokenizer::from_gguf(path)? };
     let template = tokenizer.chat_template()?;
-    let model = Model::from_hf_dir(tuned, device, Trainable::No)?;
+    Ok((tokenizer, template))
+}
+
+/// A model in f32 for generation only: nothing in it is trainable.
+pub fn load_for_generation(path: &Path, device: &Device) -> Result<TrainModel> {
+    let (tokenizer, template) = read_tokenizer(path)?;
+    let model = load_frozen(path, device)?;
     Ok(TrainModel {
         model,
         tokenizer,
         template,
         tuning: Tuning::Full(VarMap::new()),
-        path: tuned.to_path_buf(),
+        path: path.to_path_buf(),
     })
+}
+
+/// A trained model for generation: `tuned` is a run's `final/` folder, either a PEFT
+/// adapter (put on the base model at `base_path`) or a whole Hugging Face model.
+pub fn load_tuned(base_path: &Path, tuned: &Path, device: &Device) -> Result<TrainModel> {
+    if !tuned.join("adapter_config.json").is_file() {
+        return load_for_generation(tuned, device);
+    }
+    let mut base = load_for_generation(base_path, device)?;
+    let adapters = LoraAdapters::load_peft(&mut base.model, tuned)?;
+    base.tuning = Tuning::Lora(adapters);
+    Ok(base)
 }
 
 /// A frozen f32 copy of the start model (the DPO reference of full fine-tuning).

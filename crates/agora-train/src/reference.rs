@@ -106,7 +106,8 @@ pub fn compute(
         rejected_tokens: pairs.iter().map(|pair| pair.rejected.len()).collect(),
     };
     for chunk in pairs.chunks(batch_size.max(1)) {
-        let (chosen, rejected) = pair_logps(model, chunk)?;
+        let chunk: Vec<&PreferencePair> = chunk.iter().collect();
+        let (chosen, rejected) = pair_logps(model, &chunk)?;
         logps.chosen.extend(tensor(chosen.to_vec1::<f32>())?);
         logps.rejected.extend(tensor(rejected.to_vec1::<f32>())?);
     }
@@ -118,7 +119,7 @@ pub fn compute(
 /// `([pairs], [pairs])`, differentiable when the model is.
 pub fn pair_logps(
     model: &dyn LanguageModel,
-    pairs: &[PreferencePair],
+    pairs: &[&PreferencePair],
 ) -> Result<(agora_model::Tensor, agora_model::Tensor)> {
     let batch = pair_batch(model, pairs)?;
     let logits = model.forward(&batch.tokens, Some(&batch.mask), &mut model.new_cache())?;
@@ -127,7 +128,7 @@ pub fn pair_logps(
     Ok((tensor(sums.narrow(0, 0, count))?, tensor(sums.narrow(0, count, count))?))
 }
 
-pub fn pair_batch(model: &dyn LanguageModel, pairs: &[PreferencePair]) -> Result<ScoringBatch> {
+pub fn pair_batch(model: &dyn LanguageModel, pairs: &[&PreferencePair]) -> Result<ScoringBatch> {
     let prompts: Vec<Vec<u32>> = pairs.iter().chain(pairs).map(|pair| pair.prompt.clone()).collect();
     let completions: Vec<Vec<u32>> = pairs
         .iter()

@@ -173,6 +173,7 @@ pub fn train(
     let mut halted = false;
     'epochs: while state.epoch < epochs && state.step < total_steps {
         let groups = epoch_groups(state.epoch);
+        let batches_in_epoch: usize = groups.iter().map(Vec::len).sum();
         let mut batches_done = 0;
         for group in &groups {
             if batches_done < state.batches_done_in_epoch {
@@ -209,10 +210,7 @@ pub fn train(
             record.insert("step".to_string(), state.step.into());
             record.insert(
                 "epoch".to_string(),
-                number(
-                    state.epoch as f64
-                        + batches_done as f64 / groups.iter().map(Vec::len).sum::<usize>() as f64,
-                ),
+                number(state.epoch as f64 + batches_done as f64 / batches_in_epoch as f64),
             );
             record.insert("loss".to_string(), number(outcome.loss));
             for (name, value) in outcome.metrics {
@@ -225,7 +223,7 @@ pub fn train(
             logs.metric(&record)?;
             observer.step(state.step, &record);
 
-            let epoch_ends = batches_done == groups.iter().map(Vec::len).sum::<usize>();
+            let epoch_ends = batches_done == batches_in_epoch;
             let last_step = state.step >= total_steps;
             let eval_due = config.training.eval_every.is_some_and(|every| state.step.is_multiple_of(every));
             let mut stop_early = false;
@@ -449,7 +447,7 @@ fn dpo_step(
     let mut tokens = 0;
     for (micro, indices) in group.iter().enumerate() {
         model.set_training(true, forward_seed(config, step, micro));
-        let chosen: Vec<PreferencePair> = indices.iter().map(|&index| pairs[index].clone()).collect();
+        let chosen: Vec<&PreferencePair> = indices.iter().map(|&index| &pairs[index]).collect();
         let (policy_chosen, policy_rejected) = reference::pair_logps(&model.model, &chosen)?;
         let output = dpo_micro_batch(config, model, &policy_chosen, &policy_rejected, reference, indices)?;
         let share = indices.len() as f64 / group_pairs.max(1) as f64;
@@ -613,8 +611,7 @@ impl Evaluation<'_> {
                 let all: Vec<usize> = (0..pairs.len()).collect();
                 let mut accumulated = DpoAccumulator::default();
                 for indices in all.chunks(batch_size) {
-                    let chunk: Vec<PreferencePair> =
-                        indices.iter().map(|&index| pairs[index].clone()).collect();
+                    let chunk: Vec<&PreferencePair> = indices.iter().map(|&index| &pairs[index]).collect();
                     let (policy_chosen, policy_rejected) = reference::pair_logps(&model.model, &chunk)?;
                     let output = dpo_micro_batch(
                         self.config,

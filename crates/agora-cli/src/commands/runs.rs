@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agora_train::model::{load_model, load_tuned};
+use agora_train::model::{load_for_generation, load_tuned};
 use agora_train::plot::{Series, line_chart_svg};
 use agora_train::trainer;
 use serde_json::{Map, Value, json};
@@ -168,11 +168,16 @@ pub fn print_side_by_side(
     anyhow::ensure!(final_dir.is_dir(), "run {} has no final/ weights yet (did it finish?)", run.id);
     let base_path = training_model_path(&config.model, models_dir)?;
     let device = trainer::device();
-    let base = load_model(&base_path, &device, None, config.seed)?;
-    let base_replies = base.greedy_replies(prompts, max_new_tokens)?;
-    drop(base);
     let tuned = load_tuned(&base_path, &final_dir, &device)?;
     let tuned_replies = tuned.greedy_replies(prompts, max_new_tokens)?;
+    // Under LoRA the base model is the tuned one with its adapters off: no second load.
+    let base_replies = match tuned.with_base(|_| tuned.greedy_replies(prompts, max_new_tokens)) {
+        Some(replies) => replies?,
+        None => {
+            drop(tuned);
+            load_for_generation(&base_path, &device)?.greedy_replies(prompts, max_new_tokens)?
+        }
+    };
     if settings.json {
         let rows: Vec<Value> = prompts
             .iter()
