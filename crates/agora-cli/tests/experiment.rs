@@ -207,6 +207,15 @@ fn unit_count(workspace: &Path, experiment: &str) -> u64 {
     report["stages"][0]["turns"].as_u64().unwrap_or(0)
 }
 
+/// Rows in the store's turns table, read directly (a quick poll while a run writes);
+/// 0 while the store does not exist yet or is busy.
+fn stored_turns(workspace: &Path) -> u64 {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    rusqlite::Connection::open_with_flags(workspace.join("agora.sqlite"), flags)
+        .and_then(|db| db.query_row("SELECT count(*) FROM turns", [], |row| row.get(0)))
+        .unwrap_or(0)
+}
+
 /// `agora simulate` killed with SIGKILL at several random moments and started again ends
 /// with exactly the turns of an uninterrupted run: none lost, none twice.
 #[test]
@@ -219,23 +228,34 @@ fn simulate_survives_sigkill_at_random_moments() {
     let full_run = started.elapsed();
     let expected = exported(&reference, "crash");
     let expected_turns = unit_count(&reference, "crash");
+    let total_turns = stored_turns(&reference);
 
     let ws = dir.path().join("killed");
-    // Moments drawn from a fixed generator, as fractions of an uninterrupted run.
+    // Each kill lands once the store holds a drawn share of the turns still missing, so
+    // the kills interrupt real work however fast the machine is (a resumed run has less
+    // left to do than the first, so moments drawn as times would miss).
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut interrupted = 0;
     for _ in 0..6 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let fraction = 0.05 + (state % 1000) as f64 / 1000.0 * 0.5;
+        let fraction = 0.05 + (state % 1000) as f64 / 1000.0 * 0.3;
+        let before = stored_turns(&ws);
+        let target = before + ((total_turns - before) as f64 * fraction).ceil() as u64;
         let mut child =
             command(&ws, &["simulate", path(&file), "--backend", "fake:seeded", "--concurrency", "4"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-        std::thread::sleep(full_run.mul_f64(fraction).max(Duration::from_millis(20)));
+        let deadline = Instant::now() + full_run * 20 + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none()
+            && unit_count(&ws, "crash") < target
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
         let recorded = unit_count(&ws, "crash");
