@@ -8,6 +8,7 @@ use candle_core::{D, Device, Tensor};
 use serde::Deserialize;
 
 use crate::ops;
+use crate::scoring::ScoringBatch;
 use crate::weights::{Embedding, Linear, Trainable, WeightSource, read_config, register_var};
 use crate::{Cache, LanguageModel, ModelError, Result};
 
@@ -382,6 +383,16 @@ impl LanguageModel for Gpt2 {
             let eps = self.config.layer_norm_epsilon;
             let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
             self.lm_head.forward(&hidden)
+        })
+    }
+
+    fn target_logprobs(&self, batch: &ScoringBatch) -> Result<Tensor> {
+        rayon::scope(|_| {
+            let hidden = self.last_hidden(&batch.tokens, Some(&batch.mask), &mut self.new_cache())?;
+            let eps = self.config.layer_norm_epsilon;
+            let hidden =
+                ops::layer_norm(&batch.scored_rows(&hidden)?, &self.ln_f_weight, &self.ln_f_bias, eps)?;
+            self.lm_head.target_logprobs(&hidden, batch.target_ids())
         })
     }
 

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::ops::{self, RopeScaling, Rotary};
+use crate::scoring::ScoringBatch;
 use crate::weights::{
     Embedding, Gguf, Linear, ParallelLinear, Precision, RowOrder, Trainable, WeightSource, read_config,
     read_gguf,
@@ -459,6 +460,14 @@ impl LanguageModel for Llama {
             let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
             let hidden = ops::rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
             self.lm_head.forward(&hidden)
+        })
+    }
+
+    fn target_logprobs(&self, batch: &ScoringBatch) -> Result<Tensor> {
+        rayon::scope(|_| {
+            let hidden = self.last_hidden(&batch.tokens, Some(&batch.mask), &mut self.new_cache())?;
+            let hidden = ops::rms_norm(&batch.scored_rows(&hidden)?, &self.norm, self.config.rms_norm_eps)?;
+            self.lm_head.target_logprobs(&hidden, batch.target_ids())
         })
     }
 

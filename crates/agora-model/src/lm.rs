@@ -22,6 +22,16 @@ pub trait LanguageModel {
         last_position(&self.forward(tokens, mask, cache)?)
     }
     /// An empty cache for this model (one slot per layer).
+    /// Log-probabilities of `batch`'s target tokens, `[batch.scored()]` in row order,
+    /// differentiable when the model is: what SFT, DPO, perplexity and judges need. The
+    /// default takes every position's logits; the architectures override it to run the
+    /// output layer on the scored positions only, fused with the log-softmax
+    /// ([`crate::fused::linear_target_logprobs`]).
+    fn target_logprobs(&self, batch: &crate::scoring::ScoringBatch) -> Result<Tensor> {
+        let logits = self.forward(&batch.tokens, Some(&batch.mask), &mut self.new_cache())?;
+        batch.token_logprobs(&logits)
+    }
+
     fn new_cache(&self) -> Cache;
     fn vocab_size(&self) -> usize;
     /// The longest sequence the model was trained for.

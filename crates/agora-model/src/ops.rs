@@ -1,16 +1,15 @@
 //! Building blocks of the architectures, differentiable whenever a gradient is wanted.
 //!
 //! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rotary_emb::rope`
-//! record no gradient (parameters upstream of them silently get none). So each block here
-//! has two paths: composed from basic candle ops, which record a backward pass, whenever
-//! one of its inputs is tracked for backpropagation (a `Var`, or computed from one); and
-//! candle's fused op, which is several times faster, when none is (inference on plain
-//! tensors or quantized weights). Everything computes in the input's dtype; the models
-//! run in f32.
+//! record no gradient (parameters upstream of them silently get none). So the
+//! activations, norms and softmax here run agora's own fused ops ([`crate::fused`]: one
+//! vectorised pass, with a hand-written backward) for f32 tensors in CPU memory, tracked
+//! or not, and are composed from basic candle ops, which record a backward pass, for
+//! anything else. Everything computes in the input's dtype; the models run in f32.
 
 use candle_core::{D, DType, Device, Tensor};
 
-use crate::{ModelError, Result};
+use crate::{ModelError, Result, fused};
 
 /// The additive value that hides a key from a query. Finite (like Hugging Face's
 /// `finfo.min`) so that a row whose keys are all hidden (a padding query) gives a
@@ -20,6 +19,9 @@ pub const MASKED: f32 = f32::MIN;
 /// Softmax over the last dimension, with the row maximum subtracted first so `exp`
 /// never overflows.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[xs]) {
+        return fused::softmax_op(xs);
+    }
     if !xs.track_op() {
         return Ok(candle_nn::ops::softmax_last_dim(&xs.contiguous()?)?);
     }
@@ -39,6 +41,9 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 
 /// Root-mean-square normalisation (Llama): `xs / sqrt(mean(xs²) + eps) * weight`.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::applies(&[xs, weight]) {
+        return fused::rms_norm_op(xs, weight, eps);
+    }
     if !xs.track_op() && !weight.track_op() {
         return Ok(candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32)?);
     }
@@ -50,6 +55,9 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Layer normalisation (GPT-2): centre, divide by the standard deviation (biased
 /// variance, as PyTorch), then scale and shift.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::applies(&[xs, weight, bias]) {
+        return fused::layer_norm_op(xs, weight, bias, eps);
+    }
     if !xs.track_op() && !weight.track_op() && !bias.track_op() {
         return Ok(candle_nn::ops::layer_norm(&xs.contiguous()?, weight, bias, eps as f32)?);
     }
@@ -62,6 +70,9 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
 
 /// GPT-2's `gelu_new`: `0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))`.
 pub fn gelu_new(xs: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[xs]) {
+        return fused::gelu_tanh_op(xs);
+    }
     if !xs.track_op() {
         // candle's `gelu` is this tanh approximation, in one pass.
         return Ok(xs.gelu()?);
@@ -73,6 +84,9 @@ pub fn gelu_new(xs: &Tensor) -> Result<Tensor> {
 
 /// `x * sigmoid(x)`, written as `x / (1 + exp(-x))`.
 pub fn silu(xs: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[xs]) {
+        return fused::silu_op(xs);
+    }
     if !xs.track_op() {
         return Ok(xs.silu()?);
     }

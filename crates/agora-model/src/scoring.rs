@@ -25,6 +25,8 @@ pub struct ScoringBatch {
     scored_positions: Tensor,
     /// The continuation token predicted at each scored position: `[scored]` u32.
     targets: Tensor,
+    /// The same targets, in memory (what the fused output layer reads).
+    target_ids: Vec<u32>,
     /// `[batch, scored]` f32: 1 where scored position `j` belongs to row `i`, so a
     /// matmul sums a row's log-probabilities (the loss mask, in compact form).
     membership: Tensor,
@@ -129,7 +131,8 @@ impl ScoringBatch {
             tokens: Tensor::from_vec(tokens, (batch, length), device)?,
             mask: Tensor::from_vec(mask, (batch, length), device)?,
             scored_positions: Tensor::from_vec(scored_positions, scored, device)?,
-            targets: Tensor::from_vec(scored_targets, scored, device)?,
+            targets: Tensor::from_slice(&scored_targets, scored, device)?,
+            target_ids: scored_targets,
             membership: Tensor::from_vec(membership, (batch, scored), device)?,
             lengths,
         })
@@ -143,6 +146,34 @@ impl ScoringBatch {
     /// Continuation tokens scored in the whole batch.
     pub fn scored(&self) -> usize {
         self.lengths.iter().sum()
+    }
+
+    /// The target token of every scored position, in row order.
+    pub fn target_ids(&self) -> &[u32] {
+        &self.target_ids
+    }
+
+    /// The rows of `xs` (`[batch, length, width]`, e.g. final hidden states) at the
+    /// scored positions: `[scored, width]`, differentiable.
+    pub fn scored_rows(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, length, width) = xs.dims3()?;
+        let (expected_batch, expected_length) = self.tokens.dims2()?;
+        if (batch, length) != (expected_batch, expected_length) {
+            return Err(ModelError::Config(format!(
+                "hidden states cover [{batch}, {length}] tokens, the batch [{expected_batch}, {expected_length}]"
+            )));
+        }
+        Ok(xs.reshape((batch * length, width))?.index_select(&self.scored_positions, 0)?)
+    }
+
+    /// Each row's sum of `token_logprobs` (`[scored]`, as [`Self::token_logprobs`] or
+    /// [`LanguageModel::target_logprobs`] return them): `[batch]`, differentiable.
+    pub fn row_sums(&self, token_logprobs: &Tensor) -> Result<Tensor> {
+        let batch = self.lengths.len();
+        if self.scored() == 0 {
+            return Ok(Tensor::zeros(batch, DType::F32, token_logprobs.device())?);
+        }
+        Ok(self.membership.matmul(&token_logprobs.unsqueeze(1)?)?.squeeze(1)?)
     }
 
     /// Log-probability of every continuation token (`[scored]`, in row order) from the
@@ -169,12 +200,7 @@ impl ScoringBatch {
     /// Sum of each row's continuation log-probabilities (`[batch]`), differentiable:
     /// what DPO compares and SFT maximises.
     pub fn sequence_logprobs(&self, logits: &Tensor) -> Result<Tensor> {
-        let batch = self.lengths.len();
-        if self.scored() == 0 {
-            return Ok(Tensor::zeros(batch, DType::F32, logits.device())?);
-        }
-        let token_logprobs = self.token_logprobs(logits)?.unsqueeze(1)?;
-        Ok(self.membership.matmul(&token_logprobs)?.squeeze(1)?)
+        self.row_sums(&self.token_logprobs(logits)?)
     }
 
     /// Splits a `[scored]` tensor from [`Self::token_logprobs`] into one vector per row.
@@ -198,8 +224,7 @@ pub fn token_logprobs(
     continuations: &[Vec<u32>],
 ) -> Result<Vec<Vec<f32>>> {
     let batch = ScoringBatch::new(prompts, continuations, model.device())?;
-    let logits = model.forward(&batch.tokens, Some(&batch.mask), &mut model.new_cache())?;
-    batch.split_rows(&batch.token_logprobs(&logits)?)
+    batch.split_rows(&model.target_logprobs(&batch)?)
 }
 
 /// Sum of each continuation's log-probabilities given its prompt (`[batch]`),
@@ -210,8 +235,7 @@ pub fn sequence_logprobs(
     continuations: &[Vec<u32>],
 ) -> Result<Tensor> {
     let batch = ScoringBatch::new(prompts, continuations, model.device())?;
-    let logits = model.forward(&batch.tokens, Some(&batch.mask), &mut model.new_cache())?;
-    batch.sequence_logprobs(&logits)
+    batch.row_sums(&model.target_logprobs(&batch)?)
 }
 
 #[cfg(test)]

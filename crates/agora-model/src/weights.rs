@@ -85,16 +85,51 @@ impl Linear {
         Linear { weight, bias, lora: None }
     }
 
+    /// `log softmax(self.forward(hidden))[row, targets[row]]` for the rows of `hidden`
+    /// (`[rows, in]`): `[rows]`, differentiable. A dense layer without bias or adapter
+    /// (every model's output layer) takes the fused op, which never builds the
+    /// `[rows, out]` logits in the graph; anything else computes the logits first.
+    pub fn target_logprobs(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        match (&self.weight, &self.bias, &self.lora) {
+            (Weight::Dense(weight), None, None) => {
+                crate::fused::linear_target_logprobs(hidden, weight, targets)
+            }
+            (Weight::DenseInOut(weight), None, None) => {
+                crate::fused::linear_target_logprobs(hidden, &weight.t()?, targets)
+            }
+            _ => {
+                let (rows, _) = hidden.dims2()?;
+                let log_probs = crate::ops::log_softmax_last_dim(&self.forward(hidden)?)?;
+                let index = Tensor::from_slice(targets, (rows, 1), hidden.device())?;
+                Ok(log_probs.gather(&index, 1)?.squeeze(1)?)
+            }
+        }
+    }
+
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let output = match &self.weight {
-            Weight::Dense(weight) => matmul_last_dim(xs, &weight.t()?)?,
-            Weight::DenseInOut(weight) => matmul_last_dim(xs, weight)?,
-            Weight::Quantized(weight) => weight.forward(xs)?,
-            Weight::Packed(weight) => weight.forward(xs)?,
+        let dense = match &self.weight {
+            Weight::Dense(weight) => Some(weight.t()?),
+            Weight::DenseInOut(weight) => Some(weight.clone()),
+            Weight::Quantized(_) | Weight::Packed(_) => None,
         };
-        let output = match &self.bias {
-            Some(bias) => output.broadcast_add(bias)?,
-            None => output,
+        let output = match dense {
+            // One op with the bias, and a backward pass without the gradients nobody
+            // wants (a frozen weight's).
+            Some(matrix) if crate::fused::applies(&[xs, &matrix]) => {
+                crate::fused::linear_op(xs, &matrix, self.bias.as_ref())?
+            }
+            dense => {
+                let output = match (dense, &self.weight) {
+                    (Some(matrix), _) => matmul_last_dim(xs, &matrix)?,
+                    (None, Weight::Quantized(weight)) => weight.forward(xs)?,
+                    (None, Weight::Packed(weight)) => weight.forward(xs)?,
+                    (None, _) => return Err(ModelError::Config("dense weight without a matrix".to_string())),
+                };
+                match &self.bias {
+                    Some(bias) => output.broadcast_add(bias)?,
+                    None => output,
+                }
+            }
         };
         match &self.lora {
             Some(adapter) => adapter.add_to(xs, output),
@@ -959,6 +994,10 @@ impl LanguageModel for Model {
 
     fn forward_last(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
         self.inner().forward_last(tokens, mask, cache)
+    }
+
+    fn target_logprobs(&self, batch: &crate::scoring::ScoringBatch) -> Result<Tensor> {
+        self.inner().target_logprobs(batch)
     }
 
     fn new_cache(&self) -> Cache {

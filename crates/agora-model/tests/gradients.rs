@@ -30,8 +30,7 @@ fn loss(model: &dyn LanguageModel, rows: &[Vec<u32>]) -> Tensor {
     let batch = agora_model::scoring::ScoringBatch::new(&prompts, &continuations, &Device::Cpu).unwrap();
     assert_eq!(batch.tokens.to_vec2::<u32>().unwrap(), padded);
     assert_eq!(batch.mask.to_vec2::<u32>().unwrap(), mask);
-    let logits = model.forward(&batch.tokens, Some(&batch.mask), &mut model.new_cache()).unwrap();
-    let token_logprobs = batch.token_logprobs(&logits).unwrap();
+    let token_logprobs = model.target_logprobs(&batch).unwrap();
     (token_logprobs.mean_all().unwrap() * -1.0).unwrap()
 }
 

@@ -87,7 +87,7 @@ fn rows_and_targets(
     (rows, targets)
 }
 
-fn batch_and_logits(
+fn batch_and_logprobs(
     model: &Model,
     rows: &[Vec<u32>],
     targets: &[Vec<bool>],
@@ -99,8 +99,18 @@ fn batch_and_logits(
         batch.tokens.to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap(),
         golden_ids.to_vec2::<i64>().unwrap()
     );
+    // The training path: the output layer fused with the log-softmax, on the scored
+    // positions only. Checked against the full logits' log-softmax here, and against
+    // transformers by the callers.
+    let logprobs = model.target_logprobs(&batch).unwrap();
     let logits = model.forward(&batch.tokens, Some(&batch.mask), &mut model.new_cache()).unwrap();
-    (batch, logits)
+    check_tensor(
+        "fused against full-logits log-probs",
+        &logprobs,
+        &batch.token_logprobs(&logits).unwrap(),
+        1e-6,
+    );
+    (batch, logprobs)
 }
 
 #[test]
@@ -116,8 +126,8 @@ fn sft_loss_and_every_gradient_match_transformers() {
         );
         // Row 2 is a two-turn chat: two separate target spans.
         assert_eq!(targets[2].iter().filter(|&&target| target).count(), 5);
-        let (batch, logits) = batch_and_logits(&model, &rows, &targets, &golden["sft.input_ids"]);
-        let loss = sft_loss(&batch, &logits).unwrap();
+        let (batch, logprobs) = batch_and_logprobs(&model, &rows, &targets, &golden["sft.input_ids"]);
+        let loss = sft_loss(&batch, &logprobs).unwrap();
         let expected_loss = scalar(&golden["sft.loss"]);
         check_number(&format!("{name} SFT loss"), scalar(&loss), expected_loss, TOLERANCE);
         eprintln!("{name}: SFT loss {:.7} against transformers' {expected_loss:.7}", scalar(&loss));
@@ -173,8 +183,8 @@ fn dpo_losses_metrics_and_gradients_match_trl() {
             &golden["dpo.completion_mask"],
             |flag| flag != 0,
         );
-        let (batch, logits) = batch_and_logits(&model, &rows, &targets, &golden["dpo.input_ids"]);
-        let sums = batch.sequence_logprobs(&logits).unwrap();
+        let (batch, logprobs) = batch_and_logprobs(&model, &rows, &targets, &golden["dpo.input_ids"]);
+        let sums = batch.row_sums(&logprobs).unwrap();
         let lengths: Vec<f32> = batch.lengths().iter().map(|&length| length as f32).collect();
         let means = sums.broadcast_div(&Tensor::new(lengths.as_slice(), &Device::Cpu).unwrap()).unwrap();
         check_tensor(

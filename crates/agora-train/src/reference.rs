@@ -122,8 +122,7 @@ pub fn pair_logps(
     pairs: &[&PreferencePair],
 ) -> Result<(agora_model::Tensor, agora_model::Tensor)> {
     let batch = pair_batch(model, pairs)?;
-    let logits = model.forward(&batch.tokens, Some(&batch.mask), &mut model.new_cache())?;
-    let sums = batch.sequence_logprobs(&logits)?;
+    let sums = batch.row_sums(&model.target_logprobs(&batch)?)?;
     let count = pairs.len();
     Ok((tensor(sums.narrow(0, 0, count))?, tensor(sums.narrow(0, count, count))?))
 }

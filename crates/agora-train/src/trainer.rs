@@ -418,8 +418,7 @@ fn sft_step(
     for (micro, indices) in group.iter().enumerate() {
         model.set_training(true, forward_seed(config, step, micro));
         let batch = sft_batch(model, examples, indices)?;
-        let logits = model.model.forward(&batch.tokens, Some(&batch.mask), &mut model.model.new_cache())?;
-        let loss = sft_loss(&batch, &logits)?;
+        let loss = sft_loss(&batch, &model.model.target_logprobs(&batch)?)?;
         let share = target_count(indices) as f64 / group_targets.max(1) as f64;
         loss_sum += scalar(&loss)? * share;
         gradients.accumulate(&loss, params, share)?;
@@ -591,13 +590,8 @@ impl Evaluation<'_> {
                 let all: Vec<usize> = (0..examples.len()).collect();
                 for indices in all.chunks(batch_size) {
                     let batch = sft_batch(model, examples, indices)?;
-                    let logits = model.model.forward(
-                        &batch.tokens,
-                        Some(&batch.mask),
-                        &mut model.model.new_cache(),
-                    )?;
                     let count = batch.scored();
-                    nll += scalar(&sft_loss(&batch, &logits)?)? * count as f64;
+                    nll += scalar(&sft_loss(&batch, &model.model.target_logprobs(&batch)?)?)? * count as f64;
                     targets += count;
                 }
                 let loss = nll / targets.max(1) as f64;

@@ -20,20 +20,27 @@ use crate::{ModelError, Result};
 /// non-target positions carry the label -100 (the one-token shift included: the
 /// logits at position `i - 1` predict token `i`). A scalar, differentiable.
 ///
-/// `logits` are `[batch, length, vocab]` for `batch.tokens`. A batch without a single
-/// target is an error rather than a NaN that would poison the weights.
+/// `token_logprobs` are the batch's target log-probabilities, `[scored]`, as
+/// [`crate::LanguageModel::target_logprobs`] (or [`ScoringBatch::token_logprobs`] of
+/// full logits) returns them. A batch without a single target is an error rather than a
+/// NaN that would poison the weights.
 ///
 /// Accumulating micro-batches: to reproduce the mean over all target tokens of the
 /// whole batch (transformers' `num_items_in_batch`), pass
 /// `scale = batch.scored() / total_targets` to [`crate::train::Gradients::accumulate`].
-pub fn sft_loss(batch: &ScoringBatch, logits: &Tensor) -> Result<Tensor> {
+pub fn sft_loss(batch: &ScoringBatch, token_logprobs: &Tensor) -> Result<Tensor> {
     let targets = batch.scored();
     if targets == 0 {
         return Err(ModelError::Config(
             "SFT loss of a batch without target tokens: every row's targets are masked out".to_string(),
         ));
     }
-    let token_logprobs = batch.token_logprobs(logits)?;
+    if token_logprobs.dims() != [targets] {
+        return Err(ModelError::Config(format!(
+            "SFT loss of {:?} log-probs for a batch of {targets} targets",
+            token_logprobs.dims()
+        )));
+    }
     Ok((token_logprobs.sum_all()? * (-1.0 / targets as f64))?)
 }
 
@@ -278,8 +285,8 @@ mod tests {
     fn sft_loss_of_a_batch_without_targets_is_an_error() {
         let batch =
             ScoringBatch::from_targets(&[vec![1, 2, 3]], &[vec![false, false, false]], &Device::Cpu).unwrap();
-        let logits = Tensor::zeros((1, 3, 8), DType::F32, &Device::Cpu).unwrap();
-        let error = sft_loss(&batch, &logits).unwrap_err();
+        let logprobs = Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap();
+        let error = sft_loss(&batch, &logprobs).unwrap_err();
         assert!(error.to_string().contains("without target tokens"), "{error}");
     }
 
@@ -293,7 +300,7 @@ mod tests {
         .unwrap();
         assert_eq!(batch.lengths(), [2, 1]);
         let logits = Tensor::zeros((2, 4, 8), DType::F32, &Device::Cpu).unwrap();
-        let loss = scalar(&sft_loss(&batch, &logits).unwrap());
+        let loss = scalar(&sft_loss(&batch, &batch.token_logprobs(&logits).unwrap()).unwrap());
         assert!((loss - 8f64.ln()).abs() < 1e-6, "{loss}");
     }
 

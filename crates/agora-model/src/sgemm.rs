@@ -1,0 +1,170 @@
+//! A bounds-checked f32 matrix product on the gemm crate (the kernels candle's CPU matmul
+//! calls, AVX-512 where the CPU has it), for the fused ops that compute outside candle's
+//! graph ([`crate::fused`]). Strided views cost nothing: a transposed operand is the same
+//! memory with its strides swapped.
+#![allow(unsafe_code)]
+
+/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `rows x cols` matrix at the start of `data`.
+    pub(crate) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
+        MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// Any strided layout (a candle tensor's, after its start offset).
+    pub(crate) fn strided(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> MatRef<'a> {
+        MatRef { data, rows, cols, row_stride, col_stride }
+    }
+
+    /// The transpose: the same memory, strides swapped.
+    pub(crate) fn t(self) -> MatRef<'a> {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// Rows `start..start + count` (a row block of the same layout).
+    pub(crate) fn rows_range(self, start: usize, count: usize) -> MatRef<'a> {
+        let offset = (start * self.row_stride).min(self.data.len());
+        MatRef { data: &self.data[offset..], rows: count, ..self }
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether every element lies inside `data` (so the kernel never reads past it).
+    fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1).checked_mul(self.row_stride).and_then(|rows| {
+            (self.cols - 1).checked_mul(self.col_stride).and_then(|cols| rows.checked_add(cols))
+        });
+        last.is_some_and(|last| last < self.data.len())
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`), `dst` row-major
+/// `[lhs.rows, rhs.cols]`. Runs on rayon's current pool.
+pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate: bool) -> Result<(), String> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if rhs.rows != k {
+        return Err(format!("matrix product of [{m}, {k}] and [{}, {n}]", rhs.rows));
+    }
+    if dst.len() != m * n {
+        return Err(format!("matrix product [{m}, {n}] into {} values", dst.len()));
+    }
+    if !lhs.in_bounds() || !rhs.in_bounds() {
+        return Err("matrix product: an operand's strides reach past its data".to_string());
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let stride = |value: usize| value as isize;
+    // SAFETY: `dst` holds exactly m x n row-major values (checked above) and is borrowed
+    // mutably; every element the kernel reads from `lhs` and `rhs` lies inside their
+    // slices (`in_bounds`, with m, k, n > 0). gemm computes
+    // dst = alpha·dst + beta·lhs·rhs and reads dst only when `read_dst` is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            stride(n),
+            accumulate,
+            lhs.data.as_ptr(),
+            stride(lhs.col_stride),
+            stride(lhs.row_stride),
+            rhs.data.as_ptr(),
+            stride(rhs.col_stride),
+            stride(rhs.row_stride),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+        let at = |m: &MatRef, r: usize, c: usize| m.data[r * m.row_stride + c * m.col_stride];
+        let mut out = vec![0.0; lhs.rows * rhs.cols];
+        for r in 0..lhs.rows {
+            for c in 0..rhs.cols {
+                out[r * rhs.cols + c] = (0..lhs.cols).map(|i| at(&lhs, r, i) * at(&rhs, i, c)).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_and_transposed_products_match_the_naive_loop() {
+        let a: Vec<f32> = (0..35).map(|v| (v as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..28).map(|v| (v as f32 * 0.11).cos()).collect();
+        let lhs = MatRef::row_major(&a, 5, 7);
+        let rhs = MatRef::row_major(&b, 4, 7).t();
+        let mut out = vec![0.0; 20];
+        matmul_into(&mut out, lhs, rhs, false).unwrap();
+        let expected = naive(lhs, rhs);
+        for (x, y) in out.iter().zip(&expected) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+        matmul_into(&mut out, lhs, rhs, true).unwrap();
+        for (x, y) in out.iter().zip(&expected) {
+            assert!((x - 2.0 * y).abs() < 1e-5, "{x} vs {y}");
+        }
+        let lhs_t = MatRef::row_major(&a, 7, 5).t();
+        let mut out = vec![0.0; 5 * 5];
+        matmul_into(&mut out, lhs_t, MatRef::row_major(&a, 7, 5), false).unwrap();
+        assert_eq!(out.len(), 25);
+    }
+
+    #[test]
+    fn shapes_and_bounds_are_checked() {
+        let a = vec![1.0; 6];
+        let mut out = vec![0.0; 4];
+        assert!(
+            matmul_into(&mut out, MatRef::row_major(&a, 2, 3), MatRef::row_major(&a, 2, 3), false).is_err()
+        );
+        let short = MatRef::strided(&a, 3, 3, 3, 1);
+        let mut out = vec![0.0; 9];
+        assert!(matmul_into(&mut out, short, short, false).is_err());
+    }
+}
