@@ -4,6 +4,7 @@
 //! plain settings) -> run (`commands/<name>.rs`). Data goes to stdout, progress and
 //! logs to stderr.
 
+mod allocator;
 mod args;
 mod commands;
 mod output;
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     let cli = args::Cli::parse();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
