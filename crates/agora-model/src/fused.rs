@@ -355,6 +355,98 @@ pub(crate) fn softmax_op(xs: &Tensor) -> Result<Tensor> {
     Ok(xs.contiguous()?.apply_op1(Softmax)?)
 }
 
+/// `softmax(scale · scores + mask)` over the last dimension of attention scores
+/// `[batch, heads, queries, keys]`, the additive mask `[batch or 1, 1, queries, keys]`
+/// broadcast over heads. One pass instead of candle's scale, broadcast add and softmax
+/// (and their three backward passes); the backward is the softmax's times `scale`.
+struct ScaledMaskedSoftmax {
+    scale: f32,
+    /// The mask's values and how many batch rows it has (1: shared by every row).
+    mask: Option<(Vec<f32>, usize)>,
+}
+
+impl CustomOp1 for ScaledMaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-scaled-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let values = cpu_values(self.name(), storage, layout)?;
+        let (batch, heads, queries, keys) = layout.shape().dims4()?;
+        let mut out = values.to_vec();
+        if let Some((mask, mask_batch)) = &self.mask
+            && (mask.len() != mask_batch * queries * keys || !(*mask_batch == 1 || *mask_batch == batch))
+        {
+            return Err(op_error(
+                self.name(),
+                format!("mask of {} values for scores {:?}", mask.len(), layout.shape()),
+            ));
+        }
+        let scale = self.scale;
+        out.par_chunks_mut(keys.max(1)).enumerate().for_each(|(index, row)| {
+            let query = index % queries;
+            let row_batch = index / (heads * queries);
+            let mask_row = self.mask.as_ref().map(|(mask, mask_batch)| {
+                let start = ((if *mask_batch == 1 { 0 } else { row_batch }) * queries + query) * keys;
+                &mask[start..start + keys]
+            });
+            dispatch(
+                #[inline(always)]
+                || {
+                    match mask_row {
+                        Some(mask) => row.iter_mut().zip(mask).for_each(|(x, &m)| *x = *x * scale + m),
+                        None => row.iter_mut().for_each(|x| *x *= scale),
+                    }
+                    let max = lanes_max(row);
+                    let sum = exp_shifted_in_place(row, max);
+                    let inverse = 1.0 / sum;
+                    row.iter_mut().for_each(|p| *p *= inverse);
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// `dx = scale · y · (g - Σ g·y)` per row.
+    fn bwd(&self, _xs: &Tensor, result: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let width = last_dim(self.name(), result.shape())?;
+        let scale = self.scale;
+        let mut out = with_values(self.name(), grad, |g| g.to_vec())?;
+        with_values(self.name(), result, |y| {
+            out.par_chunks_mut(width).zip(y.par_chunks(width)).for_each(|(g, y)| {
+                dispatch(
+                    #[inline(always)]
+                    || {
+                        let dot = lanes_dot(g, y);
+                        g.iter_mut().zip(y).for_each(|(g, &y)| *g = scale * y * (*g - dot));
+                    },
+                )
+            })
+        })?;
+        Ok(Some(tensor_like(out, result)?))
+    }
+}
+
+/// Attention probabilities `softmax(scale · scores + mask)`; see [`ScaledMaskedSoftmax`].
+pub(crate) fn scaled_masked_softmax_op(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let mask = match mask {
+        Some(mask) => {
+            let (mask_batch, one, queries, keys) = mask.dims4()?;
+            let (_, _, score_queries, score_keys) = scores.dims4()?;
+            if one != 1 || (queries, keys) != (score_queries, score_keys) {
+                return Err(ModelError::Config(format!(
+                    "attention mask {:?} for scores {:?}",
+                    mask.dims(),
+                    scores.dims()
+                )));
+            }
+            Some((mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, mask_batch))
+        }
+        None => None,
+    };
+    Ok(scores.contiguous()?.apply_op1(ScaledMaskedSoftmax { scale: scale as f32, mask })?)
+}
+
 // ---------------------------------------------------------------------------------------
 // Layer norm and RMS norm over the last dimension.
 
@@ -1053,6 +1145,36 @@ mod tests {
             },
             "softmax",
         );
+    }
+
+    #[test]
+    fn scaled_masked_softmax_matches_scale_add_softmax_with_its_gradient() {
+        let scores = Var::from_tensor(&seeded(&[2, 3, 4, 5], 21, 3.0)).unwrap();
+        let upstream = seeded(&[2, 3, 4, 5], 22, 1.0);
+        let mut mask = vec![0f32; 2 * 4 * 5];
+        for (index, value) in mask.iter_mut().enumerate() {
+            if index % 7 == 3 {
+                *value = crate::ops::MASKED;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (2, 1, 4, 5), &Device::Cpu).unwrap();
+        for mask in [Some(&mask), Some(&mask.narrow(0, 1, 1).unwrap()), None] {
+            let ours = scaled_masked_softmax_op(scores.as_tensor(), mask, 0.37).unwrap();
+            let scaled = (scores.as_tensor() * 0.37).unwrap();
+            let shifted = match mask {
+                Some(mask) => scaled.broadcast_add(mask).unwrap(),
+                None => scaled,
+            };
+            let max = shifted.max_keepdim(D::Minus1).unwrap();
+            let exp = shifted.broadcast_sub(&max).unwrap().exp().unwrap();
+            let theirs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1).unwrap()).unwrap();
+            assert_close(&ours, &theirs, 1e-6, "probabilities");
+            let grad_ours = (ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad_theirs = (theirs * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let get =
+                |grads: &candle_core::backprop::GradStore| grads.get(scores.as_tensor()).unwrap().clone();
+            assert_close(&get(&grad_ours), &get(&grad_theirs), 1e-5, "gradient");
+        }
     }
 
     #[test]

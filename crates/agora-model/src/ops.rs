@@ -327,12 +327,18 @@ pub fn attention(
     }
     let grouped_queries =
         queries.contiguous()?.reshape((batch, kv_heads, heads / kv_heads * seq, head_dim))?;
-    let scores = (grouped_queries.matmul(&keys.t()?)? * scale)?.reshape((batch, heads, seq, key_count))?;
-    let scores = match mask {
-        Some(mask) => scores.broadcast_add(mask)?,
-        None => scores,
+    let raw_scores = grouped_queries.matmul(&keys.t()?)?;
+    let probabilities = if fused::applies(&[&raw_scores]) && mask.is_none_or(|mask| mask.device().is_cpu()) {
+        let raw_scores = raw_scores.reshape((batch, heads, seq, key_count))?;
+        fused::scaled_masked_softmax_op(&raw_scores, mask, scale)?
+    } else {
+        let scores = (raw_scores * scale)?.reshape((batch, heads, seq, key_count))?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        softmax_last_dim(&scores)?
     };
-    let probabilities = softmax_last_dim(&scores)?;
     let grouped_probabilities =
         probabilities.reshape((batch, kv_heads, heads / kv_heads * seq, key_count))?;
     let output = grouped_probabilities.matmul(values)?.reshape((batch, heads, seq, head_dim))?;
