@@ -25,6 +25,25 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def cpu_times() -> list[int]:
+    """The machine's total CPU time counters from /proc/stat (user ... steal), or []."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(value) for value in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_percent(before: list[int], after: list[int]) -> float | None:
+    """Share of CPU time the hypervisor took from this machine between two readings: on a
+    shared virtual machine a measurement with much steal is not comparable."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    deltas = [b - a for a, b in zip(before, after)]
+    total = sum(deltas)
+    return 100.0 * deltas[7] / total if total > 0 else None
+
+
 def run_json(command: list[str], threads: int) -> dict:
     env = dict(
         os.environ,
@@ -34,11 +53,15 @@ def run_json(command: list[str], threads: int) -> dict:
         HF_HUB_OFFLINE="1",
     )
     print("$", " ".join(command), file=sys.stderr, flush=True)
+    before = cpu_times()
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
+    steal = steal_percent(before, cpu_times())
     if finished.returncode != 0:
         sys.stderr.write(finished.stderr)
         raise SystemExit(f"failed ({finished.returncode}): {' '.join(command)}")
-    return json.loads(finished.stdout)
+    result = json.loads(finished.stdout)
+    result["steal_percent"] = steal
+    return result
 
 
 def main() -> None:
@@ -73,17 +96,22 @@ def main() -> None:
         f"median of {args.repeats} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f})",
         "",
-        "| method | threads | agora tok/s | PyTorch tok/s | agora / PyTorch | agora peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| method | threads | agora tok/s | PyTorch tok/s | agora / PyTorch | agora peak RSS MB | steal % (agora / PyTorch) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for method, threads, agora, torch in rows:
         ratio = agora["tokens_per_second"] / torch["tokens_per_second"]
         rss = agora.get("peak_rss_megabytes")
+        steal = " / ".join("?" if side.get("steal_percent") is None else f"{side['steal_percent']:.0f}" for side in (agora, torch))
         lines.append(
             f"| {method} | {threads} | {agora['tokens_per_second']:.1f} | {torch['tokens_per_second']:.1f} | "
-            f"{ratio:.2f}x | {rss:.0f} |" if rss else
-            f"| {method} | {threads} | {agora['tokens_per_second']:.1f} | {torch['tokens_per_second']:.1f} | {ratio:.2f}x | ? |"
+            f"{ratio:.2f}x | {f'{rss:.0f}' if rss else '?'} | {steal} |"
         )
+    lines += [
+        "",
+        "Steal: the share of the machine's CPU time its hypervisor took while each side ran "
+        "(/proc/stat); rows with much steal, or very different steal on the two sides, are not comparable.",
+    ]
     if args.lora_memory:
         lora = run_json(
             [args.agora, "--json", "bench", "train", "--method", "sft", "--model", "default", "--lora-rank", "8",
