@@ -306,6 +306,36 @@ pub(crate) fn silu_op(xs: &Tensor) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------
 // Softmax over the last dimension.
 
+/// `row ← softmax(row)` (max subtracted first); returns the max and the sum of
+/// `exp(x - max)`, so that `log softmax(x)_i = x_i - max - ln(sum)`.
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32]) -> (f32, f32) {
+    let max = lanes_max(row);
+    let sum = exp_shifted_in_place(row, max);
+    let inverse = 1.0 / sum;
+    row.iter_mut().for_each(|p| *p *= inverse);
+    (max, sum)
+}
+
+/// The backward pass of a row-wise softmax scaled by `scale` on its input:
+/// `dx = scale · y · (g - Σ g·y)` per row of `result` (`y`).
+fn softmax_backward(op: &str, result: &Tensor, grad: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
+    let width = last_dim(op, result.shape())?;
+    let mut out = with_values(op, grad, |g| g.to_vec())?;
+    with_values(op, result, |y| {
+        out.par_chunks_mut(width).zip(y.par_chunks(width)).for_each(|(g, y)| {
+            dispatch(
+                #[inline(always)]
+                || {
+                    let dot = lanes_dot(g, y);
+                    g.iter_mut().zip(y).for_each(|(g, &y)| *g = scale * y * (*g - dot));
+                },
+            )
+        })
+    })?;
+    tensor_like(out, result)
+}
+
 struct Softmax;
 
 impl CustomOp1 for Softmax {
@@ -321,10 +351,7 @@ impl CustomOp1 for Softmax {
             dispatch(
                 #[inline(always)]
                 || {
-                    let max = lanes_max(row);
-                    let sum = exp_shifted_in_place(row, max);
-                    let inverse = 1.0 / sum;
-                    row.iter_mut().for_each(|p| *p *= inverse);
+                    softmax_in_place(row);
                 },
             )
         });
@@ -333,20 +360,7 @@ impl CustomOp1 for Softmax {
 
     /// `dx = y · (g - Σ g·y)` per row.
     fn bwd(&self, _xs: &Tensor, result: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let width = last_dim(self.name(), result.shape())?;
-        let mut out = with_values(self.name(), grad, |g| g.to_vec())?;
-        with_values(self.name(), result, |y| {
-            out.par_chunks_mut(width).zip(y.par_chunks(width)).for_each(|(g, y)| {
-                dispatch(
-                    #[inline(always)]
-                    || {
-                        let dot = lanes_dot(g, y);
-                        g.iter_mut().zip(y).for_each(|(g, &y)| *g = y * (*g - dot));
-                    },
-                )
-            })
-        })?;
-        Ok(Some(tensor_like(out, result)?))
+        Ok(Some(softmax_backward(self.name(), result, grad, 1.0)?))
     }
 }
 
@@ -397,10 +411,7 @@ impl CustomOp1 for ScaledMaskedSoftmax {
                         Some(mask) => row.iter_mut().zip(mask).for_each(|(x, &m)| *x = *x * scale + m),
                         None => row.iter_mut().for_each(|x| *x *= scale),
                     }
-                    let max = lanes_max(row);
-                    let sum = exp_shifted_in_place(row, max);
-                    let inverse = 1.0 / sum;
-                    row.iter_mut().for_each(|p| *p *= inverse);
+                    softmax_in_place(row);
                 },
             )
         });
@@ -409,21 +420,7 @@ impl CustomOp1 for ScaledMaskedSoftmax {
 
     /// `dx = scale · y · (g - Σ g·y)` per row.
     fn bwd(&self, _xs: &Tensor, result: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let width = last_dim(self.name(), result.shape())?;
-        let scale = self.scale;
-        let mut out = with_values(self.name(), grad, |g| g.to_vec())?;
-        with_values(self.name(), result, |y| {
-            out.par_chunks_mut(width).zip(y.par_chunks(width)).for_each(|(g, y)| {
-                dispatch(
-                    #[inline(always)]
-                    || {
-                        let dot = lanes_dot(g, y);
-                        g.iter_mut().zip(y).for_each(|(g, &y)| *g = scale * y * (*g - dot));
-                    },
-                )
-            })
-        })?;
-        Ok(Some(tensor_like(out, result)?))
+        Ok(Some(softmax_backward(self.name(), result, grad, self.scale)?))
     }
 }
 
@@ -905,10 +902,7 @@ fn target_logprobs_keeping(
         return Err(ModelError::Config(format!("target token {target} is outside the vocabulary ({vocab})")));
     }
     if !applies(&[hidden, weight]) {
-        let logits = hidden.matmul(&weight.t()?)?;
-        let log_probs = crate::ops::log_softmax_last_dim(&logits)?;
-        let index = Tensor::from_slice(targets, (rows, 1), hidden.device())?;
-        return Ok(log_probs.gather(&index, 1)?.squeeze(1)?);
+        return crate::ops::target_logprobs(&hidden.matmul(&weight.t()?)?, targets);
     }
     let op = TargetLogprobs { targets: targets.to_vec(), keep_limit, kept: Mutex::new(None) };
     Ok(hidden.contiguous()?.apply_op2(weight, op)?)
@@ -942,12 +936,9 @@ impl TargetLogprobs {
                 dispatch(
                     #[inline(always)]
                     || {
-                        let max = lanes_max(row);
                         let target_logit = row[target as usize];
-                        let sum = exp_shifted_in_place(row, max);
+                        let (max, sum) = softmax_in_place(row);
                         *logprob = target_logit - max - sum.ln();
-                        let inverse = 1.0 / sum;
-                        row.iter_mut().for_each(|p| *p *= inverse);
                     },
                 )
             },
@@ -1258,10 +1249,7 @@ mod tests {
     }
 
     fn composed_target_logprobs(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Tensor {
-        let logits = hidden.matmul(&weight.t().unwrap()).unwrap();
-        let log_probs = crate::ops::log_softmax_last_dim(&logits).unwrap();
-        let index = Tensor::from_slice(targets, (targets.len(), 1), &Device::Cpu).unwrap();
-        log_probs.gather(&index, 1).unwrap().squeeze(1).unwrap()
+        crate::ops::target_logprobs(&hidden.matmul(&weight.t().unwrap()).unwrap(), targets).unwrap()
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&log_sum)?)
 }
 
+/// `log softmax(logits)[row, targets[row]]` for `[rows, vocab]` logits: `[rows]`,
+/// differentiable (the composed form of [`crate::fused::linear_target_logprobs`]).
+pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let index = Tensor::from_slice(targets, (targets.len(), 1), logits.device())?;
+    Ok(log_softmax_last_dim(logits)?.gather(&index, 1)?.squeeze(1)?)
+}
+
 /// Root-mean-square normalisation (Llama): `xs / sqrt(mean(xs²) + eps) * weight`.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if fused::applies(&[xs, weight]) {

@@ -153,16 +153,22 @@ impl ScoringBatch {
         &self.target_ids
     }
 
-    /// The rows of `xs` (`[batch, length, width]`, e.g. final hidden states) at the
-    /// scored positions: `[scored, width]`, differentiable.
-    pub fn scored_rows(&self, xs: &Tensor) -> Result<Tensor> {
-        let (batch, length, width) = xs.dims3()?;
+    /// The dimensions of `xs` (`[batch, length, last]`) when it covers the batch's tokens.
+    fn covering(&self, what: &str, xs: &Tensor) -> Result<(usize, usize, usize)> {
+        let (batch, length, last) = xs.dims3()?;
         let (expected_batch, expected_length) = self.tokens.dims2()?;
         if (batch, length) != (expected_batch, expected_length) {
             return Err(ModelError::Config(format!(
-                "hidden states cover [{batch}, {length}] tokens, the batch [{expected_batch}, {expected_length}]"
+                "{what} cover [{batch}, {length}] tokens, the batch [{expected_batch}, {expected_length}]"
             )));
         }
+        Ok((batch, length, last))
+    }
+
+    /// The rows of `xs` (`[batch, length, width]`, e.g. final hidden states) at the
+    /// scored positions: `[scored, width]`, differentiable.
+    pub fn scored_rows(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, length, width) = self.covering("hidden states", xs)?;
         Ok(xs.reshape((batch * length, width))?.index_select(&self.scored_positions, 0)?)
     }
 
@@ -179,13 +185,7 @@ impl ScoringBatch {
     /// Log-probability of every continuation token (`[scored]`, in row order) from the
     /// logits of `tokens` (`[batch, length, vocab]`); differentiable.
     pub fn token_logprobs(&self, logits: &Tensor) -> Result<Tensor> {
-        let (batch, length, vocab) = logits.dims3()?;
-        let (expected_batch, expected_length) = self.tokens.dims2()?;
-        if (batch, length) != (expected_batch, expected_length) {
-            return Err(ModelError::Config(format!(
-                "logits cover [{batch}, {length}] tokens, the batch [{expected_batch}, {expected_length}]"
-            )));
-        }
+        let (batch, length, vocab) = self.covering("logits", logits)?;
         if self.scored() == 0 {
             return Ok(Tensor::zeros(0, DType::F32, logits.device())?);
         }

@@ -85,6 +85,23 @@ impl Linear {
         Linear { weight, bias, lora: None }
     }
 
+    /// `xs · matrix + bias` for a dense `[in, out]` matrix: one fused op with the bias,
+    /// whose backward skips the gradients nobody wants (a frozen weight's), for f32 in CPU
+    /// memory; candle's matmul otherwise.
+    fn dense_forward(&self, xs: &Tensor, matrix: &Tensor) -> Result<Tensor> {
+        if crate::fused::applies(&[xs, matrix]) {
+            return crate::fused::linear_op(xs, matrix, self.bias.as_ref());
+        }
+        self.add_bias(matmul_last_dim(xs, matrix)?)
+    }
+
+    fn add_bias(&self, output: Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) => Ok(output.broadcast_add(bias)?),
+            None => Ok(output),
+        }
+    }
+
     /// `log softmax(self.forward(hidden))[row, targets[row]]` for the rows of `hidden`
     /// (`[rows, in]`): `[rows]`, differentiable. A dense layer without bias or adapter
     /// (every model's output layer) takes the fused op, which never builds the
@@ -97,39 +114,16 @@ impl Linear {
             (Weight::DenseInOut(weight), None, None) => {
                 crate::fused::linear_target_logprobs(hidden, &weight.t()?, targets)
             }
-            _ => {
-                let (rows, _) = hidden.dims2()?;
-                let log_probs = crate::ops::log_softmax_last_dim(&self.forward(hidden)?)?;
-                let index = Tensor::from_slice(targets, (rows, 1), hidden.device())?;
-                Ok(log_probs.gather(&index, 1)?.squeeze(1)?)
-            }
+            _ => crate::ops::target_logprobs(&self.forward(hidden)?, targets),
         }
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dense = match &self.weight {
-            Weight::Dense(weight) => Some(weight.t()?),
-            Weight::DenseInOut(weight) => Some(weight.clone()),
-            Weight::Quantized(_) | Weight::Packed(_) => None,
-        };
-        let output = match dense {
-            // One op with the bias, and a backward pass without the gradients nobody
-            // wants (a frozen weight's).
-            Some(matrix) if crate::fused::applies(&[xs, &matrix]) => {
-                crate::fused::linear_op(xs, &matrix, self.bias.as_ref())?
-            }
-            dense => {
-                let output = match (dense, &self.weight) {
-                    (Some(matrix), _) => matmul_last_dim(xs, &matrix)?,
-                    (None, Weight::Quantized(weight)) => weight.forward(xs)?,
-                    (None, Weight::Packed(weight)) => weight.forward(xs)?,
-                    (None, _) => return Err(ModelError::Config("dense weight without a matrix".to_string())),
-                };
-                match &self.bias {
-                    Some(bias) => output.broadcast_add(bias)?,
-                    None => output,
-                }
-            }
+        let output = match &self.weight {
+            Weight::Dense(weight) => self.dense_forward(xs, &weight.t()?)?,
+            Weight::DenseInOut(weight) => self.dense_forward(xs, weight)?,
+            Weight::Quantized(weight) => self.add_bias(weight.forward(xs)?)?,
+            Weight::Packed(weight) => self.add_bias(weight.forward(xs)?)?,
         };
         match &self.lora {
             Some(adapter) => adapter.add_to(xs, output),
