@@ -13,7 +13,8 @@ Tokens per step: SFT batch x sequence; DPO 2 x batch x sequence (what agora coun
 Run (train_compare.py runs it next to agora, once per thread count and method):
     HF_HUB_OFFLINE=1 /work/.venv-interop/bin/python scripts/bench/torch_train.py --method sft --threads 1
 
-Prints one JSON object on stdout. Versions measured: torch 2.15.0, transformers 5.23.0.
+Prints one JSON object on stdout: wall seconds per step, and the process's CPU seconds
+(all threads; free of a shared host's steal) next to them. Versions measured: torch 2.15.0, transformers 5.23.0.
 """
 
 import argparse
@@ -80,16 +81,20 @@ def main() -> None:
             return -F.logsigmoid(0.1 * margin).mean()
 
     seconds = []
+    cpu_seconds = []
     for run in range(args.repeats + 1):
         started = time.perf_counter()
+        cpu_started = time.process_time()
         loss = loss_fn()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - started
+        cpu_elapsed = time.process_time() - cpu_started
         if run > 0:
             seconds.append(elapsed)
+            cpu_seconds.append(cpu_elapsed)
     print(
         json.dumps(
             {
@@ -103,6 +108,8 @@ def main() -> None:
                 "tokens_per_step": tokens_per_step,
                 "seconds": seconds,
                 "tokens_per_second": tokens_per_step / statistics.median(seconds),
+                "cpu_seconds": cpu_seconds,
+                "tokens_per_cpu_second": tokens_per_step / statistics.median(cpu_seconds),
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
             }

@@ -96,21 +96,25 @@ def main() -> None:
         f"median of {args.repeats} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f})",
         "",
-        "| method | threads | agora tok/s | PyTorch tok/s | agora / PyTorch | agora peak RSS MB | steal % (agora / PyTorch) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | threads | agora tok/s | PyTorch tok/s | agora / PyTorch | per CPU-second: agora / PyTorch | agora peak RSS MB | steal % (agora / PyTorch) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for method, threads, agora, torch in rows:
         ratio = agora["tokens_per_second"] / torch["tokens_per_second"]
         rss = agora.get("peak_rss_megabytes")
         steal = " / ".join("?" if side.get("steal_percent") is None else f"{side['steal_percent']:.0f}" for side in (agora, torch))
+        cpu = [side.get("tokens_per_cpu_second") for side in (agora, torch)]
+        cpu_ratio = f"{cpu[0] / cpu[1]:.2f}x ({cpu[0]:.0f} / {cpu[1]:.0f})" if all(cpu) else "?"
         lines.append(
             f"| {method} | {threads} | {agora['tokens_per_second']:.1f} | {torch['tokens_per_second']:.1f} | "
-            f"{ratio:.2f}x | {f'{rss:.0f}' if rss else '?'} | {steal} |"
+            f"{ratio:.2f}x | {cpu_ratio} | {f'{rss:.0f}' if rss else '?'} | {steal} |"
         )
     lines += [
         "",
         "Steal: the share of the machine's CPU time its hypervisor took while each side ran "
-        "(/proc/stat); rows with much steal, or very different steal on the two sides, are not comparable.",
+        "(/proc/stat); rows with much steal, or very different steal on the two sides, are not comparable. "
+        "Per CPU-second: trained tokens per second of CPU time the process used (all threads), which "
+        "leaves steal out; with 2 threads it also counts time a thread spends spinning while it waits.",
     ]
     if args.lora_memory:
         lora = run_json(

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::on_pool;
 use crate::sampling::Sampler;
 use crate::{Cache, LanguageModel, ModelError, Result, SamplingConfig};
 
@@ -351,7 +352,8 @@ impl<'a> BatchGenerator<'a> {
         let tokens = Tensor::from_vec(next_tokens, (self.running.len(), 1), &device)?;
         let mask = padding_mask(&paddings, keys, &device)?;
         let timer = StepTimer::start();
-        let logits = self.model.forward_last(&tokens, mask.as_ref(), &mut self.cache)?;
+        let (model, cache) = (self.model, &mut self.cache);
+        let logits = on_pool(|| model.forward_last(&tokens, mask.as_ref(), cache))?;
         let forward = timer.lap();
         take_attention(&mut self.cache, &mut self.running, &paddings, false)?;
         self.running.iter_mut().for_each(|row| row.fed += 1);
@@ -411,7 +413,8 @@ impl<'a> BatchGenerator<'a> {
         if self.options.capture_attention {
             cache = cache.capture_attention();
         }
-        let logits = self.model.forward_last(&tokens, mask.as_ref(), &mut cache)?;
+        let model = self.model;
+        let logits = on_pool(|| model.forward_last(&tokens, mask.as_ref(), &mut cache))?;
         take_attention(&mut cache, &mut newcomers, &paddings, true)?;
         newcomers.iter_mut().for_each(|row| row.fed = row.history.len());
         let logits = logits_rows(&logits)?;

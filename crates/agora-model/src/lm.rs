@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, TensorId};
 use crate::Result;
 
 /// A causal language model as the engine sees it.
-pub trait LanguageModel {
+pub trait LanguageModel: Send + Sync {
     /// Logits for every position of `tokens` (`[batch, seq]`, u32), appended after what
     /// `cache` already holds: shape `[batch, seq, vocab]`, f32. `mask` is `[batch,
     /// cache.len() + seq]` with 1 for real tokens and 0 for padding (left padding for

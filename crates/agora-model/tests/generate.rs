@@ -2,7 +2,7 @@
 //! equal to single prompts, stop tokens and strings, token caps, cancelling, seeded
 //! sampling, attention pass-through.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agora_model::generate::{Control, FinishReason, GenerateOptions, Generation, generate, generate_one};
 use agora_model::{Cache, DType, Device, LanguageModel, ModelError, Result, SamplingConfig, Tensor};
@@ -15,20 +15,20 @@ use agora_model::{Cache, DType, Device, LanguageModel, ModelError, Result, Sampl
 struct FakeModel {
     device: Device,
     max_context: usize,
-    forward_calls: Cell<usize>,
+    forward_calls: AtomicUsize,
 }
 
 const VOCAB: usize = 16;
 
 impl FakeModel {
     fn new() -> FakeModel {
-        FakeModel { device: Device::Cpu, max_context: 64, forward_calls: Cell::new(0) }
+        FakeModel { device: Device::Cpu, max_context: 64, forward_calls: AtomicUsize::new(0) }
     }
 }
 
 impl LanguageModel for FakeModel {
     fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
-        self.forward_calls.set(self.forward_calls.get() + 1);
+        self.forward_calls.fetch_add(1, Ordering::Relaxed);
         let (batch, seq) = tokens.dims2()?;
         let past = cache.len;
         let new_tokens = tokens.to_vec2::<u32>()?;
@@ -222,7 +222,7 @@ fn rows_stop_independently_on_eos_and_stop_tokens() {
     assert_eq!(generations[1].text.as_deref(), Some("ee"));
     assert_eq!(streamed, vec![(0, 9), (1, 4), (0, 8), (1, 10)]);
     // Prefill and one decode step: no forward call after both rows stopped.
-    assert_eq!(model.forward_calls.get(), 2);
+    assert_eq!(model.forward_calls.load(Ordering::Relaxed), 2);
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn max_new_tokens_and_context_limit_the_length() {
     let model = FakeModel::new();
     let none = generate_one(&model, &[1, 2], &SamplingConfig::greedy(0), &Default::default()).unwrap();
     assert_eq!((none.tokens.len(), none.finish_reason), (0, FinishReason::Length));
-    assert_eq!(model.forward_calls.get(), 0);
+    assert_eq!(model.forward_calls.load(Ordering::Relaxed), 0);
     let small = FakeModel { max_context: 5, ..FakeModel::new() };
     let capped = generate_one(&small, &[1, 2], &SamplingConfig::greedy(100), &Default::default()).unwrap();
     assert_eq!((capped.tokens.len(), capped.finish_reason), (3, FinishReason::Length));

@@ -107,7 +107,7 @@ pub fn compute(
     };
     for chunk in pairs.chunks(batch_size.max(1)) {
         let chunk: Vec<&PreferencePair> = chunk.iter().collect();
-        let (chosen, rejected) = pair_logps(model, &chunk)?;
+        let (chosen, rejected) = agora_model::engine::on_pool(|| pair_logps(model, &chunk))?;
         logps.chosen.extend(tensor(chosen.to_vec1::<f32>())?);
         logps.rejected.extend(tensor(rejected.to_vec1::<f32>())?);
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use agora_core::{SplitMix64, mix64};
+use agora_model::engine::on_pool;
 use agora_model::scoring::ScoringBatch;
 use agora_model::train::loss::{DpoMetrics, dpo_loss, sft_loss};
 use agora_model::train::optim::{AdamW, AdamWConfig, Gradients, Parameters};
@@ -182,23 +183,17 @@ pub fn train(
             }
             let step_started = Instant::now();
             let step = state.step;
-            let outcome = match (&data.train, references.as_ref()) {
-                (Dataset::Sft(examples), _) => {
-                    sft_step(config, model, &params, &mut gradients, examples, group, step)?
-                }
-                (Dataset::Preferences(pairs), Some((reference, _))) => {
-                    dpo_step(config, model, &params, &mut gradients, pairs, reference, group, step)?
-                }
-                (Dataset::Preferences(_), None) => {
-                    return Err(TrainError::Other("preference data needs method dpo".to_string()));
-                }
-            };
-            let grad_norm = match config.optimizer.max_grad_norm.filter(|max| *max > 0.0) {
-                Some(max) => gradients.clip_norm(max)?,
-                None => gradients.norm()?,
-            };
             let learning_rate = schedule.learning_rate(step);
-            optimizer.step(&params, &gradients, learning_rate)?;
+            let reference = references.as_ref().map(|(train, _)| train);
+            let (outcome, grad_norm) = optimizer_step(
+                config,
+                model,
+                (&params, &mut gradients, &mut optimizer),
+                (&data.train, reference),
+                group,
+                step,
+                learning_rate,
+            )?;
             state.step += 1;
             batches_done += group.len();
             state.batches_done_in_epoch = batches_done;
@@ -397,6 +392,37 @@ fn sft_batch(model: &TrainModel, examples: &[TokenizedExample], indices: &[usize
     Ok(ScoringBatch::from_targets(&rows, &targets, model.model.device())?)
 }
 
+/// One optimizer step on `group`: forward and backward of each micro-batch, gradient
+/// clipping (when configured), AdamW. Returns the step's outcome and the gradient norm
+/// before clipping. Runs on the compute pool ([`agora_model::engine::on_pool`]).
+fn optimizer_step(
+    config: &TrainConfig,
+    model: &TrainModel,
+    (params, gradients, optimizer): (&Parameters, &mut Gradients, &mut AdamW),
+    (train, reference): (&Dataset, Option<&ReferenceLogps>),
+    group: &Group,
+    step: usize,
+    learning_rate: f64,
+) -> Result<(StepOutcome, f64)> {
+    on_pool(|| {
+        let outcome = match (train, reference) {
+            (Dataset::Sft(examples), _) => sft_step(config, model, params, gradients, examples, group, step)?,
+            (Dataset::Preferences(pairs), Some(reference)) => {
+                dpo_step(config, model, params, gradients, pairs, reference, group, step)?
+            }
+            (Dataset::Preferences(_), None) => {
+                return Err(TrainError::Other("preference data needs method dpo".to_string()));
+            }
+        };
+        let grad_norm = match config.optimizer.max_grad_norm.filter(|max| *max > 0.0) {
+            Some(max) => gradients.clip_norm(max)?,
+            None => gradients.norm()?,
+        };
+        optimizer.step(params, gradients, learning_rate)?;
+        Ok((outcome, grad_norm))
+    })
+}
+
 /// Mean loss over every target token of the group: each micro-batch's mean is weighted
 /// by its share of the group's target tokens (the same gradient as one large batch).
 fn sft_step(
@@ -591,7 +617,8 @@ impl Evaluation<'_> {
                 for indices in all.chunks(batch_size) {
                     let batch = sft_batch(model, examples, indices)?;
                     let count = batch.scored();
-                    nll += scalar(&sft_loss(&batch, &model.model.target_logprobs(&batch)?)?)? * count as f64;
+                    let loss = on_pool(|| sft_loss(&batch, &model.model.target_logprobs(&batch)?))?;
+                    nll += scalar(&loss)? * count as f64;
                     targets += count;
                 }
                 let loss = nll / targets.max(1) as f64;
@@ -606,7 +633,8 @@ impl Evaluation<'_> {
                 let mut accumulated = DpoAccumulator::default();
                 for indices in all.chunks(batch_size) {
                     let chunk: Vec<&PreferencePair> = indices.iter().map(|&index| &pairs[index]).collect();
-                    let (policy_chosen, policy_rejected) = reference::pair_logps(&model.model, &chunk)?;
+                    let (policy_chosen, policy_rejected) =
+                        on_pool(|| reference::pair_logps(&model.model, &chunk))?;
                     let output = dpo_micro_batch(
                         self.config,
                         model,
@@ -719,17 +747,29 @@ pub fn runs_dir(workspace: &Path) -> PathBuf {
     workspace.join("runs")
 }
 
+/// One timed optimizer step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTiming {
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// CPU seconds of the whole process (all threads) during the step, where the platform
+    /// tells ([`agora_core::time::process_cpu_seconds`]): free of a shared host's steal.
+    pub cpu_seconds: Option<f64>,
+    /// Tokens trained in the step.
+    pub tokens: usize,
+}
+
 /// Times `repeats` optimizer steps (after one untimed warm-up step) on the first
 /// `training.batch_size` examples, through the same step code as [`train`]: forward,
 /// loss, backward, clipping and AdamW. DPO's reference log-probabilities are computed
-/// first and not timed (training reads them from its cache). Returns the seconds and the
-/// tokens of each timed step: what `agora bench train` reports.
+/// first and not timed (training reads them from its cache). Returns each timed step's
+/// [`StepTiming`]: what `agora bench train` reports.
 pub fn time_steps(
     config: &TrainConfig,
     model: &TrainModel,
     train: &Dataset,
     repeats: usize,
-) -> Result<Vec<(f64, usize)>> {
+) -> Result<Vec<StepTiming>> {
     let params = model.parameters()?;
     let mut optimizer = adamw(config, &params)?;
     let mut gradients = Gradients::new(&params);
@@ -743,21 +783,20 @@ pub fn time_steps(
     let mut timings = Vec::with_capacity(repeats);
     for step in 0..=repeats {
         let started = Instant::now();
-        let outcome = match (train, &reference) {
-            (Dataset::Sft(examples), _) => {
-                sft_step(config, model, &params, &mut gradients, examples, &group, step)?
-            }
-            (Dataset::Preferences(pairs), Some(reference)) => {
-                dpo_step(config, model, &params, &mut gradients, pairs, reference, &group, step)?
-            }
-            (Dataset::Preferences(_), None) => return Err(TrainError::Other("no reference".to_string())),
-        };
-        if let Some(max) = config.optimizer.max_grad_norm.filter(|max| *max > 0.0) {
-            gradients.clip_norm(max)?;
-        }
-        optimizer.step(&params, &gradients, config.optimizer.learning_rate)?;
+        let cpu_before = agora_core::time::process_cpu_seconds();
+        let (outcome, _) = optimizer_step(
+            config,
+            model,
+            (&params, &mut gradients, &mut optimizer),
+            (train, reference.as_ref()),
+            &group,
+            step,
+            config.optimizer.learning_rate,
+        )?;
         if step > 0 {
-            timings.push((started.elapsed().as_secs_f64(), outcome.tokens));
+            let seconds = started.elapsed().as_secs_f64();
+            let cpu_seconds = cpu_before.zip(agora_core::time::process_cpu_seconds()).map(|(a, b)| b - a);
+            timings.push(StepTiming { seconds, cpu_seconds, tokens: outcome.tokens });
         }
     }
     Ok(timings)

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use agora_corpus::input::Lines;
 use agora_corpus::{Format, ImportOptions, ImportReport, Location, cmv};
-use agora_model::engine::{Engine, set_threads};
+use agora_model::engine::{Engine, on_pool, set_threads};
 use agora_model::gpt2::Gpt2;
 use agora_model::{Device, LanguageModel, Tensor, Trainable};
 use agora_store::Store;
@@ -229,7 +229,8 @@ fn bench_decode(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let mut decode_seconds = Vec::with_capacity(args.repeats);
     let mut generated_token_ids = Vec::new();
     // One untimed warm-up run (page faults of the mapped weights, allocator, thread pool).
-    for run in 0..=args.repeats {
+    // Each run on the compute pool, as generation runs (`agora_model::engine::on_pool`).
+    let timed_run = || -> anyhow::Result<(f64, f64, Vec<u32>)> {
         let mut cache = model.new_cache();
         let started = Instant::now();
         let input = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
@@ -245,7 +246,10 @@ fn bench_decode(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             let logits = model.forward_last(&input, None, &mut cache)?;
             next = greedy_last(&logits, &banned)?;
         }
-        let decode = started.elapsed().as_secs_f64();
+        Ok((prefill, started.elapsed().as_secs_f64(), generated))
+    };
+    for run in 0..=args.repeats {
+        let (prefill, decode, generated) = on_pool(timed_run)?;
         if run == 0 {
             continue;
         }
@@ -371,12 +375,14 @@ fn bench_forward_gpt2(settings: &Settings, args: &BenchArgs) -> anyhow::Result<(
     let input = Tensor::from_vec(tokens, (args.batch, args.sequence), &Device::Cpu)?;
     let mut seconds = Vec::with_capacity(args.repeats);
     for run in 0..=args.repeats {
-        let mut cache = model.new_cache();
-        let started = Instant::now();
-        let logits = model.forward(&input, None, &mut cache)?;
-        // Make sure the work is done (candle's CPU ops are eager; this also reads a value).
-        let _ = logits.narrow(2, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = on_pool(|| -> anyhow::Result<f64> {
+            let mut cache = model.new_cache();
+            let started = Instant::now();
+            let logits = model.forward(&input, None, &mut cache)?;
+            // Make sure the work is done (candle's CPU ops are eager; this also reads a value).
+            let _ = logits.narrow(2, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok(started.elapsed().as_secs_f64())
+        })?;
         if run == 0 {
             continue; // warm-up
         }

@@ -38,6 +38,11 @@ struct TrainReport {
     tokens_per_step: usize,
     seconds: Vec<f64>,
     tokens_per_second: f64,
+    /// CPU seconds of the process during each step (all threads; Linux): unlike `seconds`
+    /// they leave out what a shared host's hypervisor took.
+    cpu_seconds: Option<Vec<f64>>,
+    /// `tokens_per_step / median(cpu_seconds)`: tokens per CPU-second, summed over threads.
+    tokens_per_cpu_second: Option<f64>,
     /// Peak resident set size from before loading the model to the end, in MB.
     peak_rss_megabytes: Option<f64>,
 }
@@ -131,8 +136,9 @@ pub fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let trainable_parameters = model.parameters()?.count();
     let started = Instant::now();
     let timings = trainer::time_steps(&config, &model, &data, args.repeats)?;
-    let seconds: Vec<f64> = timings.iter().map(|(seconds, _)| *seconds).collect();
-    let tokens_per_step = timings.first().map_or(0, |(_, tokens)| *tokens);
+    let seconds: Vec<f64> = timings.iter().map(|timing| timing.seconds).collect();
+    let cpu_seconds: Option<Vec<f64>> = timings.iter().map(|timing| timing.cpu_seconds).collect();
+    let tokens_per_step = timings.first().map_or(0, |timing| timing.tokens);
     for (run, seconds) in seconds.iter().enumerate() {
         eprintln!("step {}: {:.1} tok/s", run + 1, tokens_per_step as f64 / seconds);
     }
@@ -148,6 +154,8 @@ pub fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         tokens_per_step,
         tokens_per_second: tokens_per_step as f64 / median(&seconds),
         seconds,
+        tokens_per_cpu_second: cpu_seconds.as_ref().map(|cpu| tokens_per_step as f64 / median(cpu)),
+        cpu_seconds,
         peak_rss_megabytes: peak_rss(),
     };
     if settings.json {
