@@ -166,14 +166,22 @@ pub fn set_threads(threads: usize) -> bool {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_ok()
 }
 
-/// Runs `work` on a worker thread of rayon's global pool (the pool the CPU kernels use)
-/// and waits for it. Called from a thread outside the pool, each parallel kernel of a
-/// model step is handed to a worker and waited for, and each handover wakes a sleeping
-/// thread, often on the other CPU. Inside the pool the step's sequential code and its
-/// kernels share a worker: at one thread nothing is handed over. Measured on a 1-thread
-/// GPT-2 training step: 1,552 context switches in a run of 4 steps before, 153 after,
-/// and wall time 1.07x the step's CPU time instead of 1.3x on a shared virtual machine.
+/// Runs `work` on the worker thread of rayon's global pool (the pool the CPU kernels use)
+/// when that pool has one thread, and waits for it; with more threads, runs it in place.
+///
+/// Called from a thread outside the pool, each parallel kernel of a model step is handed
+/// to a worker and waited for, and each handover wakes a sleeping thread, often on the
+/// other CPU. On the pool's only worker, the step's sequential code and its kernels run
+/// on one thread with nothing handed over. Measured on a 1-thread GPT-2 training step:
+/// 1,552 context switches in a run of 4 steps before, 153 after, and wall time 1.07x the
+/// step's CPU time instead of 1.3x on a shared virtual machine. With 2 threads the
+/// handovers remain either way (the second worker sleeps between kernels); there,
+/// moving the work into the pool gained nothing for training and slowed single-row
+/// decoding (31-37 against 41-54 tok/s in alternating runs), so it stays in place.
 /// Keep `work` to compute: a worker blocked on I/O or a channel holds up the pool.
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_num_threads() > 1 {
+        return work();
+    }
     rayon::scope(|_| work())
 }
