@@ -170,12 +170,30 @@ fn op_error(op: &str, message: impl std::fmt::Display) -> candle_core::Error {
 }
 
 /// The f32 values of a contiguous layout of `storage`.
-fn cpu_values<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn cpu_values<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else {
         return Err(op_error(op, format!("expects f32, got {:?}", storage.dtype())));
     };
     let (start, end) = layout.contiguous_offsets().ok_or_else(|| op_error(op, "input is not contiguous"))?;
     values.get(start..end).ok_or_else(|| op_error(op, "layout reaches past the storage"))
+}
+
+/// [`cpu_values`], writable: what in-place ops update.
+pub(crate) fn cpu_values_mut<'a>(
+    op: &str,
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a mut [f32]> {
+    let dtype = storage.dtype();
+    let CpuStorage::F32(values) = storage else {
+        return Err(op_error(op, format!("expects f32, got {dtype:?}")));
+    };
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| op_error(op, "input is not contiguous"))?;
+    values.get_mut(start..end).ok_or_else(|| op_error(op, "layout reaches past the storage"))
 }
 
 /// Runs `f` on the values of `tensor` (f32 on the CPU), copied only if not contiguous.

@@ -12,11 +12,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, InplaceOp1, InplaceOp2, Layout, Shape, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
+use crate::fused::{cpu_values, cpu_values_mut};
 use crate::{ModelError, Result};
 
 /// Tensors longer than this are processed in chunks of this many elements in parallel;
@@ -454,36 +454,6 @@ fn check_f32(name: &str, what: &str, tensor: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The contiguous f32 elements of a CPU storage, or an error naming the kernel.
-fn f32_slice<'a>(kernel: &str, storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => values
-            .get(start..end)
-            .ok_or_else(|| candle_core::Error::Msg(format!("{kernel}: layout outside its storage"))),
-        (CpuStorage::F32(_), None) => {
-            Err(candle_core::Error::Msg(format!("{kernel}: tensor is not contiguous")))
-        }
-        _ => Err(candle_core::Error::Msg(format!("{kernel}: expected f32, got {:?}", storage.dtype()))),
-    }
-}
-
-fn f32_slice_mut<'a>(
-    kernel: &str,
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<&'a mut [f32]> {
-    let dtype = storage.dtype();
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => values
-            .get_mut(start..end)
-            .ok_or_else(|| candle_core::Error::Msg(format!("{kernel}: layout outside its storage"))),
-        (CpuStorage::F32(_), None) => {
-            Err(candle_core::Error::Msg(format!("{kernel}: tensor is not contiguous")))
-        }
-        _ => Err(candle_core::Error::Msg(format!("{kernel}: expected f32, got {dtype:?}"))),
-    }
-}
-
 fn check_lengths(kernel: &str, destination: usize, source: usize) -> candle_core::Result<()> {
     if destination != source {
         return Err(candle_core::Error::Msg(format!(
@@ -511,8 +481,8 @@ impl InplaceOp2 for ScaledAdd {
         source: &CpuStorage,
         source_layout: &Layout,
     ) -> candle_core::Result<()> {
-        let destination = f32_slice_mut(self.name(), destination, destination_layout)?;
-        let source = f32_slice(self.name(), source, source_layout)?;
+        let destination = cpu_values_mut(self.name(), destination, destination_layout)?;
+        let source = cpu_values(self.name(), source, source_layout)?;
         check_lengths(self.name(), destination.len(), source.len())?;
         let (scale, keep) = (self.scale, self.keep);
         let kernel = |destination: &mut [f32], source: &[f32]| {
@@ -543,7 +513,7 @@ impl InplaceOp1 for Scale {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let values = f32_slice_mut(self.name(), storage, layout)?;
+        let values = cpu_values_mut(self.name(), storage, layout)?;
         let factor = self.factor;
         if values.len() > PARALLEL_CHUNK {
             values
@@ -565,7 +535,7 @@ impl CustomOp1 for SumOfSquares {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let values = f32_slice(self.name(), storage, layout)?;
+        let values = cpu_values(self.name(), storage, layout)?;
         // Eight independent f64 lanes: a single running sum is one long dependency chain
         // that the compiler may not vectorise.
         let square_sum = |chunk: &[f32]| {
@@ -686,7 +656,7 @@ impl InplaceOp1 for AdamWKernel<'_> {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        self.run(f32_slice_mut(InplaceOp1::name(self), storage, layout)?, None)
+        self.run(cpu_values_mut(InplaceOp1::name(self), storage, layout)?, None)
     }
 }
 
@@ -702,8 +672,8 @@ impl InplaceOp2 for AdamWKernel<'_> {
         gradient: &CpuStorage,
         gradient_layout: &Layout,
     ) -> candle_core::Result<()> {
-        let gradient = f32_slice(InplaceOp2::name(self), gradient, gradient_layout)?;
-        self.run(f32_slice_mut(InplaceOp2::name(self), parameter, parameter_layout)?, Some(gradient))
+        let gradient = cpu_values(InplaceOp2::name(self), gradient, gradient_layout)?;
+        self.run(cpu_values_mut(InplaceOp2::name(self), parameter, parameter_layout)?, Some(gradient))
     }
 }
 
