@@ -66,6 +66,31 @@ fn main() -> Result<(), String> {
                     let gmacs = (rows * columns * count) as f64 / seconds / 1e9;
                     line.push_str(&format!("  candle {:>8.1} us {gmacs:>6.1} GMAC/s", seconds * 1e6));
                 }
+                if count > 1 {
+                    // The same product in f32 on the dequantized weights (candle's matmul,
+                    // the gemm crate), with and without the dequantization in the timing.
+                    let weights = Tensor::from_vec(matrix.dequantize(), (rows, columns), &Device::Cpu)
+                        .map_err(|error| error.to_string())?;
+                    let xs = Tensor::from_vec(input.clone(), (count, columns), &Device::Cpu)
+                        .map_err(|error| error.to_string())?;
+                    let repeats = (2_000_000_000 / (rows * columns * count)).clamp(3, 2000);
+                    let started = Instant::now();
+                    for _ in 0..repeats {
+                        std::hint::black_box(
+                            xs.matmul(&weights.t().map_err(|error| error.to_string())?)
+                                .map_err(|error| error.to_string())?,
+                        );
+                    }
+                    let seconds = started.elapsed().as_secs_f64() / repeats as f64;
+                    let gmacs = (rows * columns * count) as f64 / seconds / 1e9;
+                    line.push_str(&format!("  f32 gemm {:>8.1} us {gmacs:>6.1} GMAC/s", seconds * 1e6));
+                    let started = Instant::now();
+                    for _ in 0..repeats {
+                        std::hint::black_box(matrix.dequantize());
+                    }
+                    let seconds = started.elapsed().as_secs_f64() / repeats as f64;
+                    line.push_str(&format!("  dequantize {:>8.1} us", seconds * 1e6));
+                }
                 println!("{line}");
             }
         }

@@ -362,28 +362,25 @@ impl PackedMatrix {
             return Ok(by_group);
         }
         let mut output = vec![0f32; count * self.rows];
-        for (group, by_row) in by_group.chunks_exact(count * GROUP_ROWS).enumerate() {
-            let first = group * GROUP_ROWS;
-            let width = GROUP_ROWS.min(self.rows - first);
-            for (input_row, values) in by_row.chunks_exact(GROUP_ROWS).enumerate() {
-                let start = input_row * self.rows + first;
+        let groups_of_row = |(input_row, output): (usize, &mut [f32])| {
+            for (group, values) in output.chunks_mut(GROUP_ROWS).enumerate() {
+                let start = (group * count + input_row) * GROUP_ROWS;
                 // A full group is a fixed-size copy (a few vector moves); a slice copy of
-                // unknown length calls `memmove`, once per row and group.
-                if width == GROUP_ROWS {
-                    if let (Some(target), Some(source)) = (
-                        output
-                            .get_mut(start..start + GROUP_ROWS)
-                            .and_then(|target| <&mut [f32; GROUP_ROWS]>::try_from(target).ok()),
-                        values.first_chunk::<GROUP_ROWS>(),
-                    ) {
-                        *target = *source;
-                    }
-                } else if let (Some(target), Some(source)) =
-                    (output.get_mut(start..start + width), values.get(..width))
-                {
-                    target.copy_from_slice(source);
+                // unknown length calls `memmove`.
+                if let (Ok(target), Some(source)) = (
+                    <&mut [f32; GROUP_ROWS]>::try_from(&mut *values),
+                    by_group.get(start..).and_then(|rest| rest.first_chunk::<GROUP_ROWS>()),
+                ) {
+                    *target = *source;
+                } else if let Some(source) = by_group.get(start..start + values.len()) {
+                    values.copy_from_slice(source);
                 }
             }
+        };
+        if count >= PARALLEL_QUANTIZE_ROWS {
+            output.par_chunks_mut(self.rows).enumerate().for_each(groups_of_row);
+        } else {
+            output.chunks_mut(self.rows).enumerate().for_each(groups_of_row);
         }
         Ok(output)
     }
@@ -398,12 +395,12 @@ impl PackedMatrix {
                 let block = self.gguf_block(row, block_index);
                 let scale = f16_bits_to_f32(u16::from_le_bytes([block[0], block[1]]));
                 for input_row in 0..count {
-                    let view = activations.row(input_row);
-                    let Some(quants) = view.values.get(block_index * BLOCK..(block_index + 1) * BLOCK) else {
+                    let Some(view) = activations.tile(block_index, input_row, 1) else {
                         continue;
                     };
-                    let activation_scale = view.scales.get(block_index).copied().unwrap_or(0.0);
-                    let scaled_sum = view.scaled_sums.get(block_index).copied().unwrap_or(0.0);
+                    let quants = view.values;
+                    let activation_scale = view.scales.first().copied().unwrap_or(0.0);
+                    let scaled_sum = view.scaled_sums.first().copied().unwrap_or(0.0);
                     let product = match kind {
                         PackedType::Q8_0 => {
                             let dot: i32 = block[2..]
@@ -490,60 +487,129 @@ impl CustomOp1 for PackedMatMul<'_> {
     }
 }
 
-/// Activations quantized to blocks of 32 signed bytes, as the kernels read them.
+/// From this many activation rows on (a prompt or a batched decode step), quantizing
+/// them and ordering the products are shared out over the pool too; below, the calling
+/// thread does both (one row of decode costs less than handing the work over).
+const PARALLEL_QUANTIZE_ROWS: usize = 16;
+
+/// Activations quantized to blocks of 32 signed bytes, as the kernels read them: block
+/// by block, and within a block row by row, so the rows of a tile are side by side and
+/// one pointer with constant offsets reaches all of them.
 #[derive(Debug)]
 struct QuantizedRows {
-    blocks_per_row: usize,
-    /// Per block: `max |x| / 127`.
+    count: usize,
+    /// Per block and row: `max |x| / 127`.
     scales: Vec<f32>,
-    /// Per block: `scale * Σ q`, for the offsets of Q4_0 and Q4_1.
+    /// Per block and row: `scale * Σ q`, for the offsets of Q4_0 and Q4_1.
     scaled_sums: Vec<f32>,
-    /// Per block: `-128 * Σ q`, the correction when Q8_0 weights are read unsigned.
+    /// Per block and row: `-128 * Σ q`, the correction when Q8_0 weights are read unsigned.
     offset_sums: Vec<i32>,
-    /// 32 per block, blocks of a row one after the other.
+    /// Per block and row, 32 values.
     values: Vec<i8>,
 }
 
+/// One column block of [`QuantizedRows`]: values, scales, scaled sums and offset sums
+/// of every row.
+type ColumnParts<'a> = (((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut [i32]);
+
 impl QuantizedRows {
     fn new(input: &[f32], count: usize, columns: usize) -> QuantizedRows {
-        let blocks = count * (columns / BLOCK);
-        let mut scales = Vec::with_capacity(blocks);
-        let mut scaled_sums = Vec::with_capacity(blocks);
-        let mut offset_sums = Vec::with_capacity(blocks);
+        let blocks_per_row = columns / BLOCK;
+        let blocks = count * blocks_per_row;
+        let mut scales = vec![0f32; blocks];
+        let mut scaled_sums = vec![0f32; blocks];
+        let mut offset_sums = vec![0i32; blocks];
         let mut values = vec![0i8; blocks * BLOCK];
-        for (block, quants) in input.chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK)) {
-            let largest = block.iter().fold(0f32, |largest, value| largest.max(value.abs()));
-            let scale = largest / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (quant, &value) in quants.iter_mut().zip(block) {
-                // `as` saturates, and |value * inverse| <= 127 anyway.
-                *quant = (value * inverse).round() as i8;
-                sum += i32::from(*quant);
-            }
-            scales.push(scale);
-            scaled_sums.push(scale * sum as f32);
-            offset_sums.push(-128 * sum);
+        // Column block `block_index` of every row: one contiguous stretch of each output.
+        let quantize_column =
+            |block_index: usize, (((values, scales), scaled_sums), offset_sums): ColumnParts| {
+                let places = values.chunks_exact_mut(BLOCK).zip(scales).zip(scaled_sums).zip(offset_sums);
+                for (row, (((quants, scale), scaled_sum), offset_sum)) in places.enumerate() {
+                    let start = row * columns + block_index * BLOCK;
+                    let (Some(Ok(block)), Ok(quants)) = (
+                        input.get(start..start + BLOCK).map(<&[f32; BLOCK]>::try_from),
+                        <&mut [i8; BLOCK]>::try_from(quants),
+                    ) else {
+                        continue;
+                    };
+                    let (block_scale, sum) = quantize_block(block, quants);
+                    *scale = block_scale;
+                    *scaled_sum = block_scale * sum as f32;
+                    *offset_sum = -128 * sum;
+                }
+            };
+        if count == 0 {
+            return QuantizedRows { count, scales, scaled_sums, offset_sums, values };
         }
-        QuantizedRows { blocks_per_row: columns / BLOCK, scales, scaled_sums, offset_sums, values }
+        if count >= PARALLEL_QUANTIZE_ROWS {
+            values
+                .par_chunks_mut(count * BLOCK)
+                .zip(scales.par_chunks_mut(count))
+                .zip(scaled_sums.par_chunks_mut(count))
+                .zip(offset_sums.par_chunks_mut(count))
+                .enumerate()
+                .for_each(|(block_index, parts)| quantize_column(block_index, parts));
+        } else {
+            values
+                .chunks_mut(count * BLOCK)
+                .zip(scales.chunks_mut(count))
+                .zip(scaled_sums.chunks_mut(count))
+                .zip(offset_sums.chunks_mut(count))
+                .enumerate()
+                .for_each(|(block_index, parts)| quantize_column(block_index, parts));
+        }
+        QuantizedRows { count, scales, scaled_sums, offset_sums, values }
     }
 
-    /// Row `row` as the kernels read it.
-    fn row(&self, row: usize) -> RowView<'_> {
-        let blocks = self.blocks_per_row;
-        let range = row * blocks..(row + 1) * blocks;
-        RowView {
-            values: self.values.get(range.start * BLOCK..range.end * BLOCK).unwrap_or(&[]),
-            scales: self.scales.get(range.clone()).unwrap_or(&[]),
-            scaled_sums: self.scaled_sums.get(range.clone()).unwrap_or(&[]),
-            offset_sums: self.offset_sums.get(range).unwrap_or(&[]),
+    /// Block `block` of rows `first..first + rows`, or `None` where that is outside.
+    #[inline]
+    fn tile(&self, block: usize, first: usize, rows: usize) -> Option<TileView<'_>> {
+        if first + rows > self.count {
+            return None;
         }
+        let start = block * self.count + first;
+        Some(TileView {
+            values: self.values.get(start * BLOCK..(start + rows) * BLOCK)?,
+            scales: self.scales.get(start..start + rows)?,
+            scaled_sums: self.scaled_sums.get(start..start + rows)?,
+            offset_sums: self.offset_sums.get(start..start + rows)?,
+        })
     }
 }
 
-/// One activation row as a kernel reads it.
+/// Quantizes 32 values to `round(x / scale)` with `scale = max |x| / 127`; returns the
+/// scale and the sum of the quantized values. Written in lanes of eight so the compiler
+/// keeps it in vector registers: rounding adds and subtracts 1.5 x 2^23, which rounds to
+/// the nearest integer (ties to even) in one vector add where `f32::round` calls libm.
+#[inline]
+fn quantize_block(block: &[f32; BLOCK], quants: &mut [i8; BLOCK]) -> (f32, i32) {
+    const ROUNDER: f32 = 12_582_912.0;
+    let mut largest = [0f32; 8];
+    for chunk in block.chunks_exact(8) {
+        for (lane, &value) in largest.iter_mut().zip(chunk) {
+            *lane = lane.max(value.abs());
+        }
+    }
+    let largest = largest.iter().fold(0f32, |largest, &lane| largest.max(lane));
+    let scale = largest / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sums = [0i32; 8];
+    for (chunk, quant_chunk) in block.chunks_exact(8).zip(quants.chunks_exact_mut(8)) {
+        for ((quant, &value), sum) in quant_chunk.iter_mut().zip(chunk).zip(sums.iter_mut()) {
+            // |value * inverse| <= 127, so the rounded value is exact and `as` cannot
+            // saturate (a NaN input becomes 0).
+            let rounded = (value * inverse + ROUNDER) - ROUNDER;
+            *quant = rounded as i8;
+            *sum += rounded as i32;
+        }
+    }
+    (scale, sums.iter().sum())
+}
+
+/// One block of a few consecutive activation rows: `values` holds 32 per row, the others
+/// one per row.
 #[derive(Clone, Copy)]
-struct RowView<'a> {
+struct TileView<'a> {
     values: &'a [i8],
     scales: &'a [f32],
     scaled_sums: &'a [f32],
@@ -586,27 +652,28 @@ fn group_products(
             .find(|&pass| pass <= widest && pass <= left)
             .unwrap_or(1);
         let outputs = &mut outputs[first * GROUP_ROWS..(first + pass) * GROUP_ROWS];
-        let row = |index: usize| activations.row(first + index);
         let prefetch = first == 0;
         match pass {
             ROWS_PER_PASS_VNNI => {
-                tile::<ROWS_PER_PASS_VNNI>(kind, level, weights, std::array::from_fn(row), prefetch, outputs)
+                tile::<ROWS_PER_PASS_VNNI>(kind, level, weights, activations, first, prefetch, outputs)
             }
             ROWS_PER_PASS => {
-                tile::<ROWS_PER_PASS>(kind, level, weights, std::array::from_fn(row), prefetch, outputs)
+                tile::<ROWS_PER_PASS>(kind, level, weights, activations, first, prefetch, outputs)
             }
-            2 => tile::<2>(kind, level, weights, [row(0), row(1)], prefetch, outputs),
-            _ => tile::<1>(kind, level, weights, [row(0)], prefetch, outputs),
+            2 => tile::<2>(kind, level, weights, activations, first, prefetch, outputs),
+            _ => tile::<1>(kind, level, weights, activations, first, prefetch, outputs),
         }
         first += pass;
     }
 }
 
+/// Activation rows `first..first + R` times one group of weight rows.
 fn tile<const R: usize>(
     kind: PackedType,
     level: SimdLevel,
     weights: &[u8],
-    rows: [RowView; R],
+    activations: &QuantizedRows,
+    first: usize,
     prefetch: bool,
     outputs: &mut [f32],
 ) {
@@ -614,10 +681,10 @@ fn tile<const R: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul` only passes a SIMD level that `SimdLevel::available` detected
         // on this CPU, so the functions compiled for those features may run.
-        SimdLevel::Avx2 => unsafe { x86::group_avx2::<R>(kind, weights, &rows, prefetch) },
+        SimdLevel::Avx2 => unsafe { x86::group_avx2::<R>(kind, weights, activations, first, prefetch) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, AVX-512 VNNI and VL (and AVX2) were detected.
-        SimdLevel::Avx512Vnni => unsafe { x86::group_vnni::<R>(kind, weights, &rows, prefetch) },
+        SimdLevel::Avx512Vnni => unsafe { x86::group_vnni::<R>(kind, weights, activations, first, prefetch) },
         _ => [[0f32; GROUP_ROWS]; R],
     };
     for (output, sum) in outputs.chunks_exact_mut(GROUP_ROWS).zip(sums) {
@@ -740,7 +807,7 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GROUP_ROWS, PackedMatrix, PackedType, RowView};
+    use super::{BLOCK, GROUP_ROWS, PackedMatrix, PackedType, QuantizedRows, TileView};
 
     /// 32 bytes from the start of `bytes` (a shorter slice reads as zeros rather than
     /// out of bounds).
@@ -798,52 +865,54 @@ mod x86 {
         _mm256_set1_epi32(word)
     }
 
-    /// Whether every row holds at least `blocks` blocks (what `broadcast_4` relies on).
-    fn rows_hold<const R: usize>(rows: &[RowView; R], blocks: usize) -> bool {
-        rows.iter().all(|row| {
-            row.values.len() >= blocks * BLOCK
-                && row.scales.len() >= blocks
-                && row.scaled_sums.len() >= blocks
-                && row.offset_sums.len() >= blocks
-        })
-    }
+    /// Bytes of one group-block's quants: eight rows of a block.
+    const Q8_BYTES: usize = GROUP_ROWS * BLOCK;
+    const Q4_BYTES: usize = GROUP_ROWS * BLOCK / 2;
 
     /// Q8_0 block sums with `vpdpbusd`: the weights read as unsigned (`w + 128`, one xor
     /// per chunk) against signed activations, each sum starting from `-128 Σ a` so the
-    /// result is the exact signed dot product.
+    /// result is the exact signed dot product. The block's eight weight chunks are loaded
+    /// first and stay in registers; each activation row then runs one chain of eight
+    /// `vpdpbusd` whose broadcast operands come straight from memory (the other loop
+    /// order let the compiler hoist 64 broadcasts and spill them to the stack).
     #[inline]
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn q8_sums_vnni<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
-        let mut sums: [__m256i; R] = std::array::from_fn(|index| {
-            _mm256_set1_epi32(rows[index].offset_sums.get(block).copied().unwrap_or(0))
-        });
-        let flip = _mm256_set1_epi8(-128);
-        for chunk in 0..BLOCK / 4 {
-            let weights = _mm256_xor_si256(load_32(quants.get(chunk * 32..).unwrap_or(&[])), flip);
-            for index in 0..R {
-                // SAFETY: `rows_hold` checked that every row has this block.
-                let activations = unsafe { broadcast_4(rows[index].values, block * BLOCK + 4 * chunk) };
-                sums[index] = _mm256_dpbusd_epi32(sums[index], weights, activations);
-            }
+    fn q8_sums_vnni<const R: usize>(quants: &[u8; Q8_BYTES], tile: &TileView) -> [__m256i; R] {
+        if tile.values.len() < R * BLOCK || tile.offset_sums.len() < R {
+            return [_mm256_setzero_si256(); R];
         }
-        sums
+        let flip = _mm256_set1_epi8(-128);
+        let weights: [__m256i; BLOCK / 4] =
+            std::array::from_fn(|chunk| _mm256_xor_si256(load_32(&quants[chunk * 32..]), flip));
+        std::array::from_fn(|index| {
+            let mut sum = _mm256_set1_epi32(tile.offset_sums[index]);
+            for (chunk, &chunk_weights) in weights.iter().enumerate() {
+                // SAFETY: the tile holds R rows of 32 values (checked above).
+                let activations = unsafe { broadcast_4(tile.values, index * BLOCK + 4 * chunk) };
+                sum = _mm256_dpbusd_epi32(sum, chunk_weights, activations);
+            }
+            sum
+        })
     }
 
     /// Q8_0 block sums with AVX2: `|w|` against `a * sign(w)` (the unsigned x signed
     /// form `vpmaddubsw` takes), pairs summed by `vpmaddwd`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn q8_sums_avx2<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
+    fn q8_sums_avx2<const R: usize>(quants: &[u8; Q8_BYTES], tile: &TileView) -> [__m256i; R] {
         let mut sums = [_mm256_setzero_si256(); R];
+        if tile.values.len() < R * BLOCK {
+            return sums;
+        }
         let ones = _mm256_set1_epi16(1);
         for chunk in 0..BLOCK / 4 {
-            let weights = load_32(quants.get(chunk * 32..).unwrap_or(&[]));
+            let weights = load_32(&quants[chunk * 32..]);
             let magnitudes = _mm256_sign_epi8(weights, weights);
-            for index in 0..R {
-                // SAFETY: `rows_hold` checked that every row has this block.
-                let activations = unsafe { broadcast_4(rows[index].values, block * BLOCK + 4 * chunk) };
+            for (index, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: the tile holds R rows of 32 values (checked above).
+                let activations = unsafe { broadcast_4(tile.values, index * BLOCK + 4 * chunk) };
                 let pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(activations, weights));
-                sums[index] = _mm256_add_epi32(sums[index], _mm256_madd_epi16(pairs, ones));
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
             }
         }
         sums
@@ -852,8 +921,8 @@ mod x86 {
     /// The low and high nibbles of a Q4 chunk: values `4k..4k + 4` and `16 + 4k..`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn nibbles(quants: &[u8], chunk: usize) -> (__m256i, __m256i) {
-        let packed = load_32(quants.get(chunk * 32..).unwrap_or(&[]));
+    fn nibbles(quants: &[u8; Q4_BYTES], chunk: usize) -> (__m256i, __m256i) {
+        let packed = load_32(&quants[chunk * 32..]);
         let mask = _mm256_set1_epi8(0x0F);
         (_mm256_and_si256(packed, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask))
     }
@@ -861,18 +930,20 @@ mod x86 {
     /// Q4_0 / Q4_1 block sums of the unsigned nibbles with `vpdpbusd`.
     #[inline]
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn q4_sums_vnni<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
+    fn q4_sums_vnni<const R: usize>(quants: &[u8; Q4_BYTES], tile: &TileView) -> [__m256i; R] {
         let mut sums = [_mm256_setzero_si256(); R];
+        if tile.values.len() < R * BLOCK {
+            return sums;
+        }
         for chunk in 0..BLOCK / 8 {
             let (low, high) = nibbles(quants, chunk);
-            for index in 0..R {
-                let at = block * BLOCK + 4 * chunk;
-                // SAFETY: `rows_hold` checked that every row has this block.
-                let (first, second) = unsafe {
-                    (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16))
-                };
-                sums[index] = _mm256_dpbusd_epi32(sums[index], low, first);
-                sums[index] = _mm256_dpbusd_epi32(sums[index], high, second);
+            for (index, sum) in sums.iter_mut().enumerate() {
+                let at = index * BLOCK + 4 * chunk;
+                // SAFETY: the tile holds R rows of 32 values (checked above).
+                let (first, second) =
+                    unsafe { (broadcast_4(tile.values, at), broadcast_4(tile.values, at + 16)) };
+                *sum = _mm256_dpbusd_epi32(*sum, low, first);
+                *sum = _mm256_dpbusd_epi32(*sum, high, second);
             }
         }
         sums
@@ -882,19 +953,21 @@ mod x86 {
     /// block (at most 8 x 2 x 15 x 127 = 30480), then one `vpmaddwd` widens them.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn q4_sums_avx2<const R: usize>(quants: &[u8], rows: &[RowView; R], block: usize) -> [__m256i; R] {
+    fn q4_sums_avx2<const R: usize>(quants: &[u8; Q4_BYTES], tile: &TileView) -> [__m256i; R] {
         let mut pairs = [_mm256_setzero_si256(); R];
+        if tile.values.len() < R * BLOCK {
+            return pairs;
+        }
         for chunk in 0..BLOCK / 8 {
             let (low, high) = nibbles(quants, chunk);
-            for index in 0..R {
-                let at = block * BLOCK + 4 * chunk;
-                // SAFETY: `rows_hold` checked that every row has this block.
-                let (first, second) = unsafe {
-                    (broadcast_4(rows[index].values, at), broadcast_4(rows[index].values, at + 16))
-                };
+            for (index, pair) in pairs.iter_mut().enumerate() {
+                let at = index * BLOCK + 4 * chunk;
+                // SAFETY: the tile holds R rows of 32 values (checked above).
+                let (first, second) =
+                    unsafe { (broadcast_4(tile.values, at), broadcast_4(tile.values, at + 16)) };
                 let both =
                     _mm256_add_epi16(_mm256_maddubs_epi16(low, first), _mm256_maddubs_epi16(high, second));
-                pairs[index] = _mm256_add_epi16(pairs[index], both);
+                *pair = _mm256_add_epi16(*pair, both);
             }
         }
         let ones = _mm256_set1_epi16(1);
@@ -905,34 +978,45 @@ mod x86 {
     /// `target_feature` function must be compiled once per feature set).
     macro_rules! kernel {
         ($name:ident, $features:literal, $q8_sums:ident, $q4_sums:ident) => {
+            /// Activation rows `first..first + R` times one group of weight rows: per
+            /// activation row, the group's eight outputs (zeros where the rows are not
+            /// all there).
             #[target_feature(enable = $features)]
             pub(super) fn $name<const R: usize>(
                 kind: PackedType,
                 weights: &[u8],
-                rows: &[RowView; R],
+                activations: &QuantizedRows,
+                first: usize,
                 prefetch: bool,
             ) -> [[f32; GROUP_ROWS]; R] {
                 let mut outputs = [[0f32; GROUP_ROWS]; R];
                 let block_bytes = GROUP_ROWS * kind.block_bytes();
-                if !rows_hold(rows, weights.len() / block_bytes) {
+                let blocks = weights.len() / block_bytes;
+                if blocks == 0 || activations.tile(blocks - 1, first, R).is_none() {
                     return outputs;
                 }
                 let header = PackedMatrix::header_bytes(kind);
                 let mut totals = [_mm256_setzero_ps(); R];
                 for (block_index, block) in weights.chunks_exact(block_bytes).enumerate() {
+                    let Some(tile) = activations.tile(block_index, first, R) else { continue };
                     if prefetch {
                         prefetch_ahead(block, PREFETCH_DISTANCE);
                     }
                     let scales = load_8_halves(block);
                     let quants = block.get(header..).unwrap_or(&[]);
-                    let sums = match kind {
-                        PackedType::Q8_0 => $q8_sums(quants, rows, block_index),
-                        PackedType::Q4_0 | PackedType::Q4_1 => $q4_sums(quants, rows, block_index),
+                    let sums: [__m256i; R] = match kind {
+                        PackedType::Q8_0 => match quants.first_chunk::<Q8_BYTES>() {
+                            Some(quants) => $q8_sums(quants, &tile),
+                            None => continue,
+                        },
+                        PackedType::Q4_0 | PackedType::Q4_1 => match quants.first_chunk::<Q4_BYTES>() {
+                            Some(quants) => $q4_sums(quants, &tile),
+                            None => continue,
+                        },
                     };
-                    for index in 0..R {
-                        let scale = rows[index].scales.get(block_index).copied().unwrap_or(0.0);
+                    for ((total, sum), &scale) in totals.iter_mut().zip(sums).zip(tile.scales) {
                         let both = _mm256_mul_ps(scales, _mm256_set1_ps(scale));
-                        totals[index] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[index]), both, totals[index]);
+                        *total = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), both, *total);
                     }
                     if kind != PackedType::Q8_0 {
                         // The constant part of every weight (`-8 d` or the minimum) times
@@ -941,9 +1025,8 @@ mod x86 {
                             PackedType::Q4_1 => load_8_halves(block.get(2 * GROUP_ROWS..).unwrap_or(&[])),
                             _ => _mm256_mul_ps(scales, _mm256_set1_ps(-8.0)),
                         };
-                        for index in 0..R {
-                            let sum = rows[index].scaled_sums.get(block_index).copied().unwrap_or(0.0);
-                            totals[index] = _mm256_fmadd_ps(offsets, _mm256_set1_ps(sum), totals[index]);
+                        for (total, &sum) in totals.iter_mut().zip(tile.scaled_sums) {
+                            *total = _mm256_fmadd_ps(offsets, _mm256_set1_ps(sum), *total);
                         }
                     }
                 }
