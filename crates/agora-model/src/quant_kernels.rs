@@ -579,28 +579,32 @@ impl QuantizedRows {
 
 /// Quantizes 32 values to `round(x / scale)` with `scale = max |x| / 127`; returns the
 /// scale and the sum of the quantized values. Written in lanes of eight so the compiler
-/// keeps it in vector registers: rounding adds and subtracts 1.5 x 2^23, which rounds to
-/// the nearest integer (ties to even) in one vector add where `f32::round` calls libm.
+/// keeps it in vector registers: adding 1.5 x 2^23 rounds to the nearest integer (ties to
+/// even) in one vector add, where `f32::round` calls libm.
 #[inline]
 fn quantize_block(block: &[f32; BLOCK], quants: &mut [i8; BLOCK]) -> (f32, i32) {
     const ROUNDER: f32 = 12_582_912.0;
+    const ROUNDER_BITS: i32 = 0x4B40_0000;
     let mut largest = [0f32; 8];
     for chunk in block.chunks_exact(8) {
         for (lane, &value) in largest.iter_mut().zip(chunk) {
-            *lane = lane.max(value.abs());
+            // A comparison rather than `f32::max`, whose NaN rule keeps the loop scalar.
+            let magnitude = value.abs();
+            *lane = if magnitude > *lane { magnitude } else { *lane };
         }
     }
-    let largest = largest.iter().fold(0f32, |largest, &lane| largest.max(lane));
+    let largest = largest.iter().fold(0f32, |largest, &lane| if lane > largest { lane } else { largest });
     let scale = largest / 127.0;
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     let mut sums = [0i32; 8];
     for (chunk, quant_chunk) in block.chunks_exact(8).zip(quants.chunks_exact_mut(8)) {
         for ((quant, &value), sum) in quant_chunk.iter_mut().zip(chunk).zip(sums.iter_mut()) {
-            // |value * inverse| <= 127, so the rounded value is exact and `as` cannot
-            // saturate (a NaN input becomes 0).
-            let rounded = (value * inverse + ROUNDER) - ROUNDER;
+            // |value * inverse| <= 127: adding 1.5 x 2^23 leaves the rounded integer in
+            // the low mantissa bits, read with integer operations only (a saturating
+            // float-to-int `as` would keep the loop scalar).
+            let rounded = (value * inverse + ROUNDER).to_bits() as i32 - ROUNDER_BITS;
             *quant = rounded as i8;
-            *sum += rounded as i32;
+            *sum += rounded;
         }
     }
     (scale, sums.iter().sum())
@@ -882,17 +886,22 @@ mod x86 {
             return [_mm256_setzero_si256(); R];
         }
         let flip = _mm256_set1_epi8(-128);
-        let weights: [__m256i; BLOCK / 4] =
-            std::array::from_fn(|chunk| _mm256_xor_si256(load_32(&quants[chunk * 32..]), flip));
-        std::array::from_fn(|index| {
-            let mut sum = _mm256_set1_epi32(tile.offset_sums[index]);
+        let mut weights = [_mm256_setzero_si256(); BLOCK / 4];
+        for (chunk, chunk_weights) in weights.iter_mut().enumerate() {
+            *chunk_weights = _mm256_xor_si256(load_32(&quants[chunk * 32..]), flip);
+        }
+        // Plain loops, not `array::from_fn`: a closure is a function of its own that the
+        // compiler may leave uninlined, one call per row and block.
+        let mut sums = [_mm256_setzero_si256(); R];
+        for (index, sum) in sums.iter_mut().enumerate() {
+            *sum = _mm256_set1_epi32(tile.offset_sums[index]);
             for (chunk, &chunk_weights) in weights.iter().enumerate() {
                 // SAFETY: the tile holds R rows of 32 values (checked above).
                 let activations = unsafe { broadcast_4(tile.values, index * BLOCK + 4 * chunk) };
-                sum = _mm256_dpbusd_epi32(sum, chunk_weights, activations);
+                *sum = _mm256_dpbusd_epi32(*sum, chunk_weights, activations);
             }
-            sum
-        })
+        }
+        sums
     }
 
     /// Q8_0 block sums with AVX2: `|w|` against `a * sign(w)` (the unsigned x signed
