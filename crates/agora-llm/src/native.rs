@@ -62,6 +62,9 @@ pub struct NativeStats {
     pub generated_tokens: u64,
     /// Steps that failed with a model error.
     pub model_errors: u64,
+    /// Prompt tokens whose keys and values came from a prefix shared by requests that
+    /// joined together, instead of being computed once per request.
+    pub prefix_tokens_reused: u64,
 }
 
 /// A request on its way to the worker.
@@ -211,6 +214,8 @@ impl<'e> Worker<'e> {
         let mut generator = BatchGenerator::new(model, generate_options.clone());
         let mut queue: VecDeque<Job> = VecDeque::new();
         let mut active: HashMap<RowId, Active<'e>> = HashMap::new();
+        // What generators replaced after a model error had reused.
+        let mut reused_before = 0u64;
         loop {
             if active.is_empty() && queue.is_empty() {
                 match jobs.recv() {
@@ -239,9 +244,11 @@ impl<'e> Worker<'e> {
                 Ok(result) => result.map_err(|error| error.to_string()),
                 Err(panic) => Err(panic_message(panic.as_ref())),
             };
+            let reused = reused_before + generator.prefix_tokens_reused() as u64;
             self.update_stats(|stats| {
                 stats.largest_batch = stats.largest_batch.max(batch);
                 stats.steps += 1;
+                stats.prefix_tokens_reused = reused;
             });
             match result {
                 Ok(events) => self.handle_events(&mut generator, &mut active, events),
@@ -251,6 +258,7 @@ impl<'e> Worker<'e> {
                     for (_, row) in active.drain() {
                         let _ = row.reply.send(Err(LlmError::Model(message.clone())));
                     }
+                    reused_before = reused;
                     generator = BatchGenerator::new(model, generate_options.clone());
                     self.update_stats(|stats| stats.model_errors += 1);
                 }

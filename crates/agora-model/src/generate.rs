@@ -15,6 +15,9 @@
 //! (`cumsum(mask) - 1`, as transformers' `generate` does), so padding shifts nothing, and
 //! a row yields the same tokens whether it runs alone, in a fixed batch, or joins one in
 //! mid-flight (up to floating-point rounding of the batched matrix products). Rows that
+//! join together and begin with the same tokens (a chat template's system prompt) have
+//! that prefix computed once; their padding then lies between the prefix and the rest of
+//! the prompt instead of in front (see [`BatchGenerator::prefill`]). Rows that
 //! finish or are cancelled leave the cache before the next forward, and columns that
 //! have become padding in every row are cut, so a long straggler pays neither for
 //! finished rows nor for their length.
@@ -163,6 +166,26 @@ pub enum RowEvent {
 /// Pad id written into the left padding; the mask hides it, so any valid id would do.
 const PAD_TOKEN_ID: u32 = 0;
 
+/// The fewest leading tokens that rows joining together must share for their prefill to
+/// compute those tokens once ([`BatchGenerator::prefill`]); a shorter prefix saves less
+/// than its extra forward call costs.
+pub const SHARED_PREFIX_MIN: usize = 8;
+
+/// How many leading tokens every row of `rows` shares, leaving each at least one token
+/// of its own (the forward that follows must end on a real token in every row); 0 when
+/// that is under [`SHARED_PREFIX_MIN`] or there is only one row.
+fn shared_prefix(prompts: &[&[u32]]) -> usize {
+    let Some((first, others)) = prompts.split_first() else { return 0 };
+    if others.is_empty() {
+        return 0;
+    }
+    let shortest = prompts.iter().map(|prompt| prompt.len()).min().unwrap_or(0);
+    let common = others.iter().fold(shortest.saturating_sub(1), |common, prompt| {
+        first.iter().zip(prompt.iter()).take(common).take_while(|(a, b)| a == b).count()
+    });
+    if common >= SHARED_PREFIX_MIN { common } else { 0 }
+}
+
 /// The state of one row while generating.
 struct Row {
     id: RowId,
@@ -174,6 +197,10 @@ struct Row {
     /// How many tokens of `history` are in the cache (the rest, at most one, waits to be
     /// fed by the next decode).
     fed: usize,
+    /// Padding columns inside the row's stretch of the cache: `(real tokens before it,
+    /// padding columns)`, `(0, 0)` for none. A row prefilled after a prefix it shares
+    /// with the rows that joined with it has one (see [`BatchGenerator::prefill`]).
+    gap: (usize, usize),
     sampler: Sampler,
     /// Set once the row has ended; its `Finished` event has then been sent, and the row
     /// leaves the batch before the next forward.
@@ -188,6 +215,24 @@ impl Row {
     fn generated(&self) -> &[u32] {
         &self.history[self.prompt_tokens..]
     }
+
+    /// Cache columns from the row's first real token to the last column.
+    fn span(&self) -> usize {
+        self.fed + self.gap.1
+    }
+
+    /// Where the row's tokens sit in a cache of `columns` columns.
+    fn columns(&self, columns: usize) -> RowColumns {
+        RowColumns { padding: columns.saturating_sub(self.span()), gap: self.gap }
+    }
+}
+
+/// The masked columns of one cache row: `padding` in front, then `gap.1` more after the
+/// first `gap.0` real tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowColumns {
+    padding: usize,
+    gap: (usize, usize),
 }
 
 /// Continuous batching: rows are added at any time and advance one token per
@@ -201,6 +246,9 @@ pub struct BatchGenerator<'a> {
     /// Rows of the cache, in cache order (`running[b]` is batch row `b`).
     running: Vec<Row>,
     cache: Cache,
+    /// Prompt tokens whose keys and values were copied from a shared prefix instead of
+    /// computed (see [`BatchGenerator::prefill`]).
+    prefix_tokens_reused: usize,
 }
 
 impl std::fmt::Debug for BatchGenerator<'_> {
@@ -221,7 +269,15 @@ impl<'a> BatchGenerator<'a> {
         if options.capture_attention {
             cache = cache.capture_attention();
         }
-        BatchGenerator { model, options, next_id: 0, waiting: Vec::new(), running: Vec::new(), cache }
+        BatchGenerator {
+            model,
+            options,
+            next_id: 0,
+            waiting: Vec::new(),
+            running: Vec::new(),
+            cache,
+            prefix_tokens_reused: 0,
+        }
     }
 
     /// Queues a row; the next step prefills it. Fails, adding nothing, on an empty
@@ -246,6 +302,7 @@ impl<'a> BatchGenerator<'a> {
             prompt_tokens: prompt.len(),
             history: prompt,
             fed: 0,
+            gap: (0, 0),
             sampler,
             finish_reason: None,
             stop_at: None,
@@ -259,6 +316,12 @@ impl<'a> BatchGenerator<'a> {
     /// Rows that have not finished (waiting or running).
     pub fn active_rows(&self) -> usize {
         self.waiting.len() + self.running.iter().filter(|row| row.finish_reason.is_none()).count()
+    }
+
+    /// Prompt tokens not computed so far because rows that joined together shared them
+    /// (each shared prefix counts once per row beyond the first).
+    pub fn prefix_tokens_reused(&self) -> usize {
+        self.prefix_tokens_reused
     }
 
     pub fn is_idle(&self) -> bool {
@@ -340,17 +403,18 @@ impl<'a> BatchGenerator<'a> {
         let device = self.model.device().clone();
         let keys = self.cache.len + 1;
         let mut next_tokens = Vec::with_capacity(self.running.len());
-        let mut paddings = Vec::with_capacity(self.running.len());
+        let mut layouts = Vec::with_capacity(self.running.len());
         for row in &self.running {
             let token = *row
                 .history
                 .last()
                 .ok_or_else(|| ModelError::Config("generation: a running row has no token".to_string()))?;
             next_tokens.push(token);
-            paddings.push(self.cache.len - row.fed);
+            layouts.push(row.columns(self.cache.len));
         }
+        let paddings: Vec<usize> = layouts.iter().map(|layout| layout.padding).collect();
         let tokens = Tensor::from_vec(next_tokens, (self.running.len(), 1), &device)?;
-        let mask = padding_mask(&paddings, keys, &device)?;
+        let mask = padding_mask(&layouts, keys, &device)?;
         let timer = StepTimer::start();
         let (model, cache) = (self.model, &mut self.cache);
         let logits = on_pool(|| model.forward_last(&tokens, mask.as_ref(), cache))?;
@@ -379,6 +443,14 @@ impl<'a> BatchGenerator<'a> {
 
     /// Prefills the waiting rows (one left-padded batch), chooses their first tokens and
     /// merges their cache into the running one.
+    ///
+    /// Rows that join together often begin alike (a chat template's system prompt): when
+    /// they share at least [`SHARED_PREFIX_MIN`] leading tokens, the prefix is computed
+    /// once, in a batch of one, its keys and values copied to every row, and only the
+    /// rest of each prompt is fed as a batch. That rest is left-padded among the rows,
+    /// so each row's padding lies between its prefix and its rest (a gap the mask hides;
+    /// positions count real tokens only, so nothing shifts). Not with attention capture,
+    /// whose per-row maps assume padding in front.
     fn prefill(
         &mut self,
         on_token: &mut dyn FnMut(RowId, u32) -> Control,
@@ -400,23 +472,42 @@ impl<'a> BatchGenerator<'a> {
             return Ok(false);
         }
         let device = self.model.device().clone();
-        let longest = newcomers.iter().map(|row| row.history.len()).max().unwrap_or(0);
-        let paddings: Vec<usize> = newcomers.iter().map(|row| longest - row.history.len()).collect();
-        let mut batch_tokens = Vec::with_capacity(newcomers.len() * longest);
-        for (row, &padding) in newcomers.iter().zip(&paddings) {
-            batch_tokens.extend(std::iter::repeat_n(PAD_TOKEN_ID, padding));
-            batch_tokens.extend_from_slice(&row.history);
-        }
-        let tokens = Tensor::from_vec(batch_tokens, (newcomers.len(), longest), &device)?;
-        let mask = padding_mask(&paddings, longest, &device)?;
         let mut cache = self.model.new_cache();
         if self.options.capture_attention {
             cache = cache.capture_attention();
         }
+        let prompts: Vec<&[u32]> = newcomers.iter().map(|row| row.history.as_slice()).collect();
+        let shared = if self.options.capture_attention { 0 } else { shared_prefix(&prompts) };
+        self.prefix_tokens_reused += shared * (newcomers.len() - 1);
         let model = self.model;
+        if shared > 0 {
+            let prefix = Tensor::from_vec(newcomers[0].history[..shared].to_vec(), (1, shared), &device)?;
+            on_pool(|| model.forward_last(&prefix, None, &mut cache))?;
+            for (keys, values) in cache.layers.iter_mut().flatten() {
+                let (_, heads, columns, dim) = keys.dims4()?;
+                let rows = (newcomers.len(), heads, columns, dim);
+                *keys = keys.broadcast_as(rows)?.contiguous()?;
+                let (_, heads, columns, dim) = values.dims4()?;
+                *values = values.broadcast_as((newcomers.len(), heads, columns, dim))?.contiguous()?;
+            }
+        }
+        let longest = newcomers.iter().map(|row| row.history.len() - shared).max().unwrap_or(0);
+        let paddings: Vec<usize> =
+            newcomers.iter().map(|row| longest - (row.history.len() - shared)).collect();
+        let mut batch_tokens = Vec::with_capacity(newcomers.len() * longest);
+        for (row, &padding) in newcomers.iter_mut().zip(&paddings) {
+            batch_tokens.extend(std::iter::repeat_n(PAD_TOKEN_ID, padding));
+            batch_tokens.extend_from_slice(&row.history[shared..]);
+            row.fed = row.history.len();
+            if shared > 0 {
+                row.gap = (shared, padding);
+            }
+        }
+        let tokens = Tensor::from_vec(batch_tokens, (newcomers.len(), longest), &device)?;
+        let layouts: Vec<RowColumns> = newcomers.iter().map(|row| row.columns(shared + longest)).collect();
+        let mask = padding_mask(&layouts, shared + longest, &device)?;
         let logits = on_pool(|| model.forward_last(&tokens, mask.as_ref(), &mut cache))?;
         take_attention(&mut cache, &mut newcomers, &paddings, true)?;
-        newcomers.iter_mut().for_each(|row| row.fed = row.history.len());
         let logits = logits_rows(&logits)?;
         let stop_all = choose_tokens(
             &mut newcomers,
@@ -428,7 +519,9 @@ impl<'a> BatchGenerator<'a> {
         )?;
         let timer = StepTimer::start();
         merge_cache(&mut self.cache, self.running.is_empty(), cache)?;
-        timer.report(|| format!("  prefill of {}: merge {:.1} ms", newcomers.len(), timer.lap()));
+        timer.report(|| {
+            format!("  prefill of {} (shared prefix {shared}): merge {:.1} ms", newcomers.len(), timer.lap())
+        });
         self.running.extend(newcomers);
         Ok(stop_all)
     }
@@ -450,7 +543,7 @@ impl<'a> BatchGenerator<'a> {
         }
         let keep_count = keep.len();
         let keep = Tensor::from_vec(keep, keep_count, self.model.device())?;
-        let longest = self.running.iter().map(|row| row.fed).max().unwrap_or(0);
+        let longest = self.running.iter().map(Row::span).max().unwrap_or(0);
         let unused_columns = self.cache.len.saturating_sub(longest);
         for (keys, values) in self.cache.layers.iter_mut().flatten() {
             // The cache's entries may be strided views of its reserved room.
@@ -663,19 +756,25 @@ pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
     }
 }
 
-/// `[batch, keys]` u32 mask (1 = real token) for rows with `paddings[b]` padding columns
-/// in front, or `None` when no row is padded.
-fn padding_mask(paddings: &[usize], keys: usize, device: &Device) -> Result<Option<Tensor>> {
-    if paddings.iter().all(|&padding| padding == 0) {
+/// `[batch, keys]` u32 mask (1 = real token) for rows laid out as `layouts[b]` says (the
+/// last columns beyond the layout are real: tokens being fed), or `None` when no column
+/// of any row is padding.
+fn padding_mask(layouts: &[RowColumns], keys: usize, device: &Device) -> Result<Option<Tensor>> {
+    if layouts.iter().all(|layout| layout.padding == 0 && layout.gap.1 == 0) {
         return Ok(None);
     }
-    let mut mask = Vec::with_capacity(paddings.len() * keys);
-    for &padding in paddings {
-        let padding = padding.min(keys);
+    let mut mask = Vec::with_capacity(layouts.len() * keys);
+    for layout in layouts {
+        let row_start = mask.len();
+        let padding = layout.padding.min(keys);
         mask.extend(std::iter::repeat_n(0u32, padding));
         mask.extend(std::iter::repeat_n(1u32, keys - padding));
+        let (before, gap) = layout.gap;
+        let gap_start = (row_start + padding + before).min(row_start + keys);
+        let gap_end = (gap_start + gap).min(row_start + keys);
+        mask[gap_start..gap_end].iter_mut().for_each(|value| *value = 0);
     }
-    Ok(Some(Tensor::from_vec(mask, (paddings.len(), keys), device)?))
+    Ok(Some(Tensor::from_vec(mask, (layouts.len(), keys), device)?))
 }
 
 /// The logits of the last position of each row, `[batch][vocab]`.
@@ -765,4 +864,42 @@ fn finish_row(row: &mut Row, options: &GenerateOptions<'_>) -> Result<Generation
         attention: row.attention.take(),
         logprobs: row.token_logprobs.take(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_prefix_is_long_enough_and_leaves_every_row_a_token() {
+        let common: Vec<u32> = (1..=10).collect();
+        let with = |tail: &[u32]| [common.as_slice(), tail].concat();
+        let (a, b, c) = (with(&[50, 51]), with(&[60]), with(&[70, 71, 72]));
+        assert_eq!(shared_prefix(&[&a, &b, &c]), 10);
+        assert_eq!(shared_prefix(&[&a]), 0, "one row shares with nobody");
+        // Identical prompts: the last token stays each row's own.
+        assert_eq!(shared_prefix(&[&a, &a]), 11);
+        // The prefix ends where one row differs.
+        let mut d = a.clone();
+        d[9] = 99;
+        assert_eq!(shared_prefix(&[&a, &d]), 9);
+        d[7] = 99;
+        assert_eq!(shared_prefix(&[&a, &d]), 0, "7 tokens are under the minimum");
+        assert_eq!(shared_prefix(&[&a, &common[..9]]), 8, "the shorter row keeps one token");
+    }
+
+    #[test]
+    fn masks_hide_leading_padding_and_gaps() {
+        let layouts = [
+            RowColumns { padding: 0, gap: (0, 0) },
+            RowColumns { padding: 2, gap: (0, 0) },
+            RowColumns { padding: 1, gap: (2, 3) },
+        ];
+        let mask = padding_mask(&layouts, 8, &Device::Cpu).unwrap().unwrap().to_vec2::<u32>().unwrap();
+        assert_eq!(
+            mask,
+            vec![vec![1, 1, 1, 1, 1, 1, 1, 1], vec![0, 0, 1, 1, 1, 1, 1, 1], vec![0, 1, 1, 0, 0, 0, 1, 1]]
+        );
+        assert!(padding_mask(&layouts[..1], 8, &Device::Cpu).unwrap().is_none());
+    }
 }

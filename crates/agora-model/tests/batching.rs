@@ -107,6 +107,51 @@ fn rows_that_join_mid_flight_get_the_tokens_they_get_alone() {
 }
 
 #[test]
+fn rows_that_share_a_prefix_get_the_tokens_they_get_alone() {
+    let common: Vec<u32> = vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11];
+    let prompts: Vec<Vec<u32>> = [vec![40, 41, 42], vec![50], vec![60, 61, 62, 63, 64], vec![70, 71]]
+        .into_iter()
+        .map(|tail| [common.clone(), tail].concat())
+        .collect();
+    for name in MODELS {
+        let model = load(name);
+        for config in configs() {
+            let expected: Vec<Generation> = prompts
+                .iter()
+                .enumerate()
+                .map(|(index, prompt)| alone(&model, request(prompt, &config, index)))
+                .collect();
+            // Rows 0-2 join together and share the 11-token prefix (their padding lies
+            // between the prefix and the rest); row 3 joins them after 2 steps; row 2,
+            // the widest, is cancelled after 5, so the gapped rows are cut and shifted.
+            let mut generator = BatchGenerator::new(&model, GenerateOptions::default());
+            let mut ids: Vec<RowId> = (0..3)
+                .map(|index| generator.add(request(&prompts[index], &config, index)).unwrap())
+                .collect();
+            let mut finished = HashMap::new();
+            for step in 0..40 {
+                if step == 2 {
+                    ids.push(generator.add(request(&prompts[3], &config, 3)).unwrap());
+                }
+                if step == 5 {
+                    let cancelled = generator.cancel(ids[2]).unwrap().unwrap();
+                    assert_eq!(cancelled.tokens, expected[2].tokens[..5], "{name}, {config:?}");
+                }
+                finished.extend(finished_rows(generator.step().unwrap()));
+            }
+            assert!(generator.is_idle());
+            assert_eq!(generator.prefix_tokens_reused(), 2 * common.len(), "{name}: the prefix was shared");
+            for index in [0, 1, 3] {
+                assert_eq!(
+                    finished[&ids[index]].tokens, expected[index].tokens,
+                    "{name}, {config:?}, row {index}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn cancelling_a_row_leaves_the_others_unchanged() {
     for name in MODELS {
         let model = load(name);
