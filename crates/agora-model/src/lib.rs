@@ -17,6 +17,7 @@ pub mod gpt2;
 pub mod llama;
 mod lm;
 pub mod lora;
+mod memory;
 pub mod ops;
 pub mod quant_kernels;
 pub mod sampling;

@@ -304,6 +304,7 @@ impl Llama {
         // The metadata (mostly the tokenizer's vocabulary and merges, several MB of small
         // strings) is not needed for the tensors: freeing it first lowers the peak.
         gguf.content.metadata = Default::default();
+        crate::memory::release_free_heap();
         // Only llama.cpp's Llama converter permutes q/k for its interleaved rope.
         let permuted_qk = architecture == "llama";
         let source = WeightSource::from_gguf(gguf, device, precision, trainable, gguf_name);
