@@ -22,7 +22,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::sgemm::{MatRef, matmul_into};
+use crate::sgemm::{MatRef, matmul, matmul_into};
 use crate::{ModelError, Result};
 
 /// Values per parallel task of an elementwise op.
@@ -750,14 +750,19 @@ impl LinearOp {
         };
         let matrix = matrix_view(name, matrix_values, matrix_layout)?;
         let out = matrix_layout.shape().dims2()?.1;
-        let mut output = vec![0.0f32; rows * out];
-        if let Some(bias) = bias {
-            if bias.len() != out {
-                return Err(op_error(name, format!("bias of {} values for {out} outputs", bias.len())));
-            }
-            output.par_chunks_mut(out.max(1)).for_each(|row| row.copy_from_slice(bias));
+        if let Some(bias) = bias
+            && bias.len() != out
+        {
+            return Err(op_error(name, format!("bias of {} values for {out} outputs", bias.len())));
         }
-        matmul_into(&mut output, xs, matrix, bias.is_some()).map_err(|e| op_error(name, e))?;
+        let mut output = matmul(xs, matrix).map_err(|e| op_error(name, e))?;
+        if let Some(bias) = bias {
+            // The same single rounding as the kernel adding its product to a bias-filled
+            // output: product + bias.
+            output.par_chunks_mut(out.max(1)).for_each(|row| {
+                row.iter_mut().zip(bias).for_each(|(value, &bias)| *value += bias);
+            });
+        }
         Ok((CpuStorage::F32(output), Shape::from((rows, out))))
     }
 
@@ -773,11 +778,8 @@ impl LinearOp {
         let out = matrix.dim(1)?;
         let grad = grad.contiguous()?;
         let grad_xs = if xs.track_op() {
-            let mut dx = vec![0.0f32; rows * inner];
-            with_values(name, &grad, |g| {
-                with_matrix(name, matrix, |m| {
-                    matmul_into(&mut dx, MatRef::row_major(g, rows, out), m.t(), false)
-                })
+            let dx = with_values(name, &grad, |g| {
+                with_matrix(name, matrix, |m| matmul(MatRef::row_major(g, rows, out), m.t()))
             })??
             .map_err(|e| op_error(name, e))?;
             Some(Tensor::from_vec(dx, (rows, inner), xs.device())?)
@@ -786,11 +788,9 @@ impl LinearOp {
         };
         let grad_matrix = if matrix.track_op() {
             let xs = xs.contiguous()?;
-            let mut dm = vec![0.0f32; inner * out];
-            with_values(name, &grad, |g| {
+            let dm = with_values(name, &grad, |g| {
                 with_values(name, &xs, |x| {
-                    let x = MatRef::row_major(x, rows, inner).t();
-                    matmul_into(&mut dm, x, MatRef::row_major(g, rows, out), false)
+                    matmul(MatRef::row_major(x, rows, inner).t(), MatRef::row_major(g, rows, out))
                 })
             })??
             .map_err(|e| op_error(name, e))?;
@@ -945,10 +945,17 @@ impl TargetLogprobs {
         probabilities: &mut [f32],
         logprobs: &mut [f32],
     ) -> candle_core::Result<()> {
-        let vocab = weight.rows();
         matmul_into(probabilities, block, weight.t(), false)
             .map_err(|e| op_error("fused-target-logprobs", e))?;
-        let targets = &self.targets[first_row..first_row + block.rows()];
+        self.softmax_rows(weight.rows(), first_row, probabilities, logprobs);
+        Ok(())
+    }
+
+    /// The rows of `probabilities` (logits of rows `first_row..`) turned into their
+    /// softmax, and each row's target log-probability into `logprobs`.
+    fn softmax_rows(&self, vocab: usize, first_row: usize, probabilities: &mut [f32], logprobs: &mut [f32]) {
+        let rows = probabilities.len() / vocab.max(1);
+        let targets = &self.targets[first_row..first_row + rows];
         probabilities.par_chunks_mut(vocab).zip(logprobs.par_iter_mut().zip(targets)).for_each(
             |(row, (logprob, &target))| {
                 dispatch(
@@ -961,7 +968,6 @@ impl TargetLogprobs {
                 )
             },
         );
-        Ok(())
     }
 }
 
@@ -986,8 +992,9 @@ impl CustomOp2 for TargetLogprobs {
         let vocab = weight.rows();
         let mut logprobs = vec![0.0f32; rows];
         if rows * vocab <= self.keep_limit {
-            let mut probabilities = vec![0.0f32; rows * vocab];
-            self.block(hidden, weight, 0, &mut probabilities, &mut logprobs)?;
+            // Written whole by the product: not zeroed first (see `sgemm::matmul`).
+            let mut probabilities = matmul(hidden, weight.t()).map_err(|e| op_error(self.name(), e))?;
+            self.softmax_rows(vocab, 0, &mut probabilities, &mut logprobs);
             *self.kept.lock().map_err(|_| op_error(self.name(), "lock poisoned"))? = Some(probabilities);
         } else {
             let mut scratch = vec![0.0f32; RECOMPUTE_ROWS * vocab];
@@ -1027,11 +1034,17 @@ impl CustomOp2 for TargetLogprobs {
         let weight_view = matrix_view(name, weight_values, weight_layout)?;
         let vocab = weight_view.rows();
         let want_weight = weight.track_op();
-        let mut dhidden = vec![0.0f32; rows * width];
-        let mut dweight = if want_weight { vec![0.0f32; vocab * width] } else { Vec::new() };
         // The kept softmax serves one backward pass; another (a second loss on the same
         // forward) recomputes it.
         let recompute = kept.is_none();
+        // Rows go in blocks only when recomputing; in one block, the products allocate
+        // their outputs unzeroed.
+        let single_block = !recompute && rows > 0;
+        let (mut dhidden, mut dweight) = if !single_block {
+            (vec![0.0f32; rows * width], if want_weight { vec![0.0f32; vocab * width] } else { Vec::new() })
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let block_rows = if recompute { RECOMPUTE_ROWS } else { rows.max(1) };
         let mut scratch = match kept {
             Some(probabilities) => probabilities,
@@ -1056,6 +1069,13 @@ impl CustomOp2 for TargetLogprobs {
                 },
             );
             let d_view = MatRef::row_major(d, count, vocab);
+            if single_block {
+                dhidden = matmul(d_view, weight_view).map_err(|e| op_error(name, e))?;
+                if want_weight {
+                    dweight = matmul(d_view.t(), block).map_err(|e| op_error(name, e))?;
+                }
+                continue;
+            }
             matmul_into(&mut dhidden[start * width..(start + count) * width], d_view, weight_view, false)
                 .map_err(|e| op_error(name, e))?;
             if want_weight {

@@ -64,19 +64,51 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`), `dst` row-major
-/// `[lhs.rows, rhs.cols]`. Runs on rayon's current pool.
-pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate: bool) -> Result<(), String> {
+/// `lhs · rhs` as a new row-major `[lhs.rows, rhs.cols]` vector. The kernel writes every
+/// element without reading it, so the vector is never zeroed first: a zeroing `memset`
+/// runs on one thread, and for an output layer's logits (hundreds of MB) it left the
+/// other thread idle for a tenth of a GPT-2 forward at 2 threads.
+pub(crate) fn matmul(lhs: MatRef, rhs: MatRef) -> Result<Vec<f32>, String> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    check_operands(lhs, rhs, m * n)?;
+    if k == 0 {
+        return Ok(vec![0.0; m * n]);
+    }
+    let mut dst: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(m * n);
+    // SAFETY: the capacity holds m x n elements, and `MaybeUninit` needs no initialisation.
+    unsafe { dst.set_len(m * n) };
+    if m > 0 && n > 0 {
+        // SAFETY: as in `matmul_into`; with `read_dst` false the kernel only writes `dst`
+        // (uninitialised memory is never read).
+        unsafe { run_gemm(dst.as_mut_ptr().cast::<f32>(), lhs, rhs, false) };
+    }
+    let mut dst = std::mem::ManuallyDrop::new(dst);
+    // SAFETY: every one of the m x n values was written by the kernel above (or there are
+    // none); `MaybeUninit<f32>` has the size and alignment of `f32`, so the allocation is
+    // handed over as it is, with the same length and capacity.
+    Ok(unsafe { Vec::from_raw_parts(dst.as_mut_ptr().cast::<f32>(), dst.len(), dst.capacity()) })
+}
+
+/// The shape and bounds checks shared by both products.
+fn check_operands(lhs: MatRef, rhs: MatRef, dst_len: usize) -> Result<(), String> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     if rhs.rows != k {
         return Err(format!("matrix product of [{m}, {k}] and [{}, {n}]", rhs.rows));
     }
-    if dst.len() != m * n {
-        return Err(format!("matrix product [{m}, {n}] into {} values", dst.len()));
+    if dst_len != m * n {
+        return Err(format!("matrix product [{m}, {n}] into {dst_len} values"));
     }
     if !lhs.in_bounds() || !rhs.in_bounds() {
         return Err("matrix product: an operand's strides reach past its data".to_string());
     }
+    Ok(())
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`), `dst` row-major
+/// `[lhs.rows, rhs.cols]`. Runs on rayon's current pool.
+pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate: bool) -> Result<(), String> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    check_operands(lhs, rhs, dst.len())?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -86,19 +118,28 @@ pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate:
         }
         return Ok(());
     }
+    // SAFETY: `dst` holds exactly m x n values (checked above) and is borrowed mutably.
+    unsafe { run_gemm(dst.as_mut_ptr(), lhs, rhs, accumulate) };
+    Ok(())
+}
+
+/// # Safety
+/// `dst` points to m x n writable f32 (row-major, m, k, n > 0), initialised when
+/// `accumulate` is set, and both operands passed [`check_operands`].
+unsafe fn run_gemm(dst: *mut f32, lhs: MatRef, rhs: MatRef, accumulate: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     let stride = |value: usize| value as isize;
-    // SAFETY: `dst` holds exactly m x n row-major values (checked above) and is borrowed
-    // mutably; every element the kernel reads from `lhs` and `rhs` lies inside their
-    // slices (`in_bounds`, with m, k, n > 0). gemm computes
+    // SAFETY: the caller guarantees `dst`; every element the kernel reads from `lhs` and
+    // `rhs` lies inside their slices (`in_bounds`, with m, k, n > 0). gemm computes
     // dst = alpha·dst + beta·lhs·rhs and reads dst only when `read_dst` is set.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             stride(n),
             accumulate,
@@ -116,7 +157,6 @@ pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate:
             parallelism,
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -132,6 +172,18 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_allocating_product_equals_the_one_into_a_buffer() {
+        let lhs: Vec<f32> = (0..6 * 5).map(|value| value as f32 * 0.25 - 3.0).collect();
+        let rhs: Vec<f32> = (0..5 * 7).map(|value| (value % 11) as f32 - 5.0).collect();
+        let (lhs, rhs) = (MatRef::row_major(&lhs, 6, 5), MatRef::row_major(&rhs, 5, 7));
+        let mut expected = vec![0.0; 6 * 7];
+        matmul_into(&mut expected, lhs, rhs, false).unwrap();
+        assert_eq!(matmul(lhs, rhs).unwrap(), expected);
+        assert_eq!(matmul(lhs.t(), MatRef::row_major(&[0.0; 6], 6, 1)).unwrap(), vec![0.0; 5]);
+        assert!(matmul(lhs, lhs).is_err(), "[6, 5] x [6, 5]");
     }
 
     #[test]
