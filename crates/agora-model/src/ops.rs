@@ -334,7 +334,11 @@ pub fn attention(
     }
     let grouped_queries =
         queries.contiguous()?.reshape((batch, kv_heads, heads / kv_heads * seq, head_dim))?;
-    let raw_scores = grouped_queries.matmul(&keys.t()?)?;
+    let on_cpu = fused::applies(&[&grouped_queries, keys, values]);
+    let product = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+        if on_cpu { fused::batched_matmul(a, b) } else { Ok(a.matmul(b)?) }
+    };
+    let raw_scores = product(&grouped_queries, &keys.t()?)?;
     let probabilities = if fused::applies(&[&raw_scores]) && mask.is_none_or(|mask| mask.device().is_cpu()) {
         let raw_scores = raw_scores.reshape((batch, heads, seq, key_count))?;
         fused::scaled_masked_softmax_op(&raw_scores, mask, scale)?
@@ -348,7 +352,7 @@ pub fn attention(
     };
     let grouped_probabilities =
         probabilities.reshape((batch, kv_heads, heads / kv_heads * seq, key_count))?;
-    let output = grouped_probabilities.matmul(values)?.reshape((batch, heads, seq, head_dim))?;
+    let output = product(&grouped_probabilities, values)?.reshape((batch, heads, seq, head_dim))?;
     Ok((output, probabilities))
 }
 

@@ -123,13 +123,43 @@ pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate:
     Ok(())
 }
 
+/// [`matmul_into`] on the calling thread alone, without accumulating: for products that
+/// are shared out over the pool one whole product per task.
+pub(crate) fn matmul_into_here(dst: &mut [f32], lhs: MatRef, rhs: MatRef) -> Result<(), String> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    check_operands(lhs, rhs, dst.len())?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        dst.fill(0.0);
+        return Ok(());
+    }
+    // SAFETY: `dst` holds exactly m x n values (checked above) and is borrowed mutably.
+    unsafe { run_gemm_with(dst.as_mut_ptr(), lhs, rhs, false, gemm::Parallelism::None) };
+    Ok(())
+}
+
 /// # Safety
 /// `dst` points to m x n writable f32 (row-major, m, k, n > 0), initialised when
 /// `accumulate` is set, and both operands passed [`check_operands`].
 unsafe fn run_gemm(dst: *mut f32, lhs: MatRef, rhs: MatRef, accumulate: bool) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the caller's guarantees are this function's.
+    unsafe { run_gemm_with(dst, lhs, rhs, accumulate, parallelism) }
+}
+
+/// # Safety
+/// As [`run_gemm`].
+unsafe fn run_gemm_with(
+    dst: *mut f32,
+    lhs: MatRef,
+    rhs: MatRef,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let stride = |value: usize| value as isize;
     // SAFETY: the caller guarantees `dst`; every element the kernel reads from `lhs` and
     // `rhs` lies inside their slices (`in_bounds`, with m, k, n > 0). gemm computes
