@@ -483,12 +483,13 @@ impl<'a> BatchGenerator<'a> {
         if shared > 0 {
             let prefix = Tensor::from_vec(newcomers[0].history[..shared].to_vec(), (1, shared), &device)?;
             on_pool(|| model.forward_last(&prefix, None, &mut cache))?;
+            let every_row = |tensor: &Tensor| -> Result<Tensor> {
+                let (_, heads, columns, dim) = tensor.dims4()?;
+                Ok(tensor.broadcast_as((newcomers.len(), heads, columns, dim))?.contiguous()?)
+            };
             for (keys, values) in cache.layers.iter_mut().flatten() {
-                let (_, heads, columns, dim) = keys.dims4()?;
-                let rows = (newcomers.len(), heads, columns, dim);
-                *keys = keys.broadcast_as(rows)?.contiguous()?;
-                let (_, heads, columns, dim) = values.dims4()?;
-                *values = values.broadcast_as((newcomers.len(), heads, columns, dim))?.contiguous()?;
+                *keys = every_row(keys)?;
+                *values = every_row(values)?;
             }
         }
         let longest = newcomers.iter().map(|row| row.history.len() - shared).max().unwrap_or(0);

@@ -538,25 +538,25 @@ impl QuantizedRows {
                     *offset_sum = -128 * sum;
                 }
             };
-        if count == 0 {
-            return QuantizedRows { count, scales, scaled_sums, offset_sums, values };
-        }
-        if count >= PARALLEL_QUANTIZE_ROWS {
-            values
-                .par_chunks_mut(count * BLOCK)
-                .zip(scales.par_chunks_mut(count))
-                .zip(scaled_sums.par_chunks_mut(count))
-                .zip(offset_sums.par_chunks_mut(count))
-                .enumerate()
-                .for_each(|(block_index, parts)| quantize_column(block_index, parts));
-        } else {
-            values
+        if count > 0 {
+            // One entry per column block (a few dozen), handed out whole.
+            let columns: Vec<ColumnParts> = values
                 .chunks_mut(count * BLOCK)
                 .zip(scales.chunks_mut(count))
                 .zip(scaled_sums.chunks_mut(count))
                 .zip(offset_sums.chunks_mut(count))
-                .enumerate()
-                .for_each(|(block_index, parts)| quantize_column(block_index, parts));
+                .collect();
+            if count >= PARALLEL_QUANTIZE_ROWS {
+                columns
+                    .into_par_iter()
+                    .enumerate()
+                    .for_each(|(block_index, parts)| quantize_column(block_index, parts));
+            } else {
+                columns
+                    .into_iter()
+                    .enumerate()
+                    .for_each(|(block_index, parts)| quantize_column(block_index, parts));
+            }
         }
         QuantizedRows { count, scales, scaled_sums, offset_sums, values }
     }

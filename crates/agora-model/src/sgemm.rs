@@ -78,9 +78,9 @@ pub(crate) fn matmul(lhs: MatRef, rhs: MatRef) -> Result<Vec<f32>, String> {
     // SAFETY: the capacity holds m x n elements, and `MaybeUninit` needs no initialisation.
     unsafe { dst.set_len(m * n) };
     if m > 0 && n > 0 {
-        // SAFETY: as in `matmul_into`; with `read_dst` false the kernel only writes `dst`
+        // SAFETY: as in `product_into`; with `read_dst` false the kernel only writes `dst`
         // (uninitialised memory is never read).
-        unsafe { run_gemm(dst.as_mut_ptr().cast::<f32>(), lhs, rhs, false) };
+        unsafe { run_gemm(dst.as_mut_ptr().cast::<f32>(), lhs, rhs, false, pool_parallelism()) };
     }
     let mut dst = std::mem::ManuallyDrop::new(dst);
     // SAFETY: every one of the m x n values was written by the kernel above (or there are
@@ -107,6 +107,28 @@ fn check_operands(lhs: MatRef, rhs: MatRef, dst_len: usize) -> Result<(), String
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`), `dst` row-major
 /// `[lhs.rows, rhs.cols]`. Runs on rayon's current pool.
 pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate: bool) -> Result<(), String> {
+    product_into(dst, lhs, rhs, accumulate, pool_parallelism())
+}
+
+/// [`matmul_into`] on the calling thread alone, without accumulating: for products that
+/// are shared out over the pool one whole product per task.
+pub(crate) fn matmul_into_here(dst: &mut [f32], lhs: MatRef, rhs: MatRef) -> Result<(), String> {
+    product_into(dst, lhs, rhs, false, gemm::Parallelism::None)
+}
+
+/// Every thread of rayon's current pool, or none beside the caller's.
+fn pool_parallelism() -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None }
+}
+
+fn product_into(
+    dst: &mut [f32],
+    lhs: MatRef,
+    rhs: MatRef,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) -> Result<(), String> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     check_operands(lhs, rhs, dst.len())?;
     if m == 0 || n == 0 {
@@ -119,40 +141,14 @@ pub(crate) fn matmul_into(dst: &mut [f32], lhs: MatRef, rhs: MatRef, accumulate:
         return Ok(());
     }
     // SAFETY: `dst` holds exactly m x n values (checked above) and is borrowed mutably.
-    unsafe { run_gemm(dst.as_mut_ptr(), lhs, rhs, accumulate) };
-    Ok(())
-}
-
-/// [`matmul_into`] on the calling thread alone, without accumulating: for products that
-/// are shared out over the pool one whole product per task.
-pub(crate) fn matmul_into_here(dst: &mut [f32], lhs: MatRef, rhs: MatRef) -> Result<(), String> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    check_operands(lhs, rhs, dst.len())?;
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        dst.fill(0.0);
-        return Ok(());
-    }
-    // SAFETY: `dst` holds exactly m x n values (checked above) and is borrowed mutably.
-    unsafe { run_gemm_with(dst.as_mut_ptr(), lhs, rhs, false, gemm::Parallelism::None) };
+    unsafe { run_gemm(dst.as_mut_ptr(), lhs, rhs, accumulate, parallelism) };
     Ok(())
 }
 
 /// # Safety
 /// `dst` points to m x n writable f32 (row-major, m, k, n > 0), initialised when
 /// `accumulate` is set, and both operands passed [`check_operands`].
-unsafe fn run_gemm(dst: *mut f32, lhs: MatRef, rhs: MatRef, accumulate: bool) {
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the caller's guarantees are this function's.
-    unsafe { run_gemm_with(dst, lhs, rhs, accumulate, parallelism) }
-}
-
-/// # Safety
-/// As [`run_gemm`].
-unsafe fn run_gemm_with(
+unsafe fn run_gemm(
     dst: *mut f32,
     lhs: MatRef,
     rhs: MatRef,

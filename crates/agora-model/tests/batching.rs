@@ -43,6 +43,11 @@ fn alone(model: &Model, request: RowRequest) -> Generation {
     run_to_end(&mut generator).remove(&id).unwrap()
 }
 
+/// Every prompt run alone, row `index` with its own seed (see [`request`]).
+fn each_alone(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) -> Vec<Generation> {
+    prompts.iter().enumerate().map(|(index, prompt)| alone(model, request(prompt, config, index))).collect()
+}
+
 /// Steps until every row has finished; returns the generations by row.
 fn run_to_end(generator: &mut BatchGenerator<'_>) -> HashMap<RowId, Generation> {
     let mut finished = HashMap::new();
@@ -74,11 +79,7 @@ fn rows_that_join_mid_flight_get_the_tokens_they_get_alone() {
         let model = load(name);
         for config in configs() {
             let prompts = prompts();
-            let expected: Vec<Generation> = prompts
-                .iter()
-                .enumerate()
-                .map(|(index, prompt)| alone(&model, request(prompt, &config, index)))
-                .collect();
+            let expected = each_alone(&model, &prompts, &config);
             assert!(expected.iter().all(|generation| generation.tokens.len() == 12));
 
             // Row 0 starts alone, row 1 joins after 3 steps (its prompt is longer than
@@ -116,11 +117,7 @@ fn rows_that_share_a_prefix_get_the_tokens_they_get_alone() {
     for name in MODELS {
         let model = load(name);
         for config in configs() {
-            let expected: Vec<Generation> = prompts
-                .iter()
-                .enumerate()
-                .map(|(index, prompt)| alone(&model, request(prompt, &config, index)))
-                .collect();
+            let expected = each_alone(&model, &prompts, &config);
             // Rows 0-2 join together and share the 11-token prefix (their padding lies
             // between the prefix and the rest); row 3 joins them after 2 steps; row 2,
             // the widest, is cancelled after 5, so the gapped rows are cut and shifted.
@@ -157,11 +154,7 @@ fn cancelling_a_row_leaves_the_others_unchanged() {
         let model = load(name);
         for config in configs() {
             let prompts = prompts();
-            let expected: Vec<Generation> = prompts
-                .iter()
-                .enumerate()
-                .map(|(index, prompt)| alone(&model, request(prompt, &config, index)))
-                .collect();
+            let expected = each_alone(&model, &prompts, &config);
             let mut generator = BatchGenerator::new(&model, GenerateOptions::default());
             let ids: Vec<RowId> = prompts
                 .iter()
