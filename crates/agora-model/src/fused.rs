@@ -22,8 +22,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::sgemm::{MatRef, matmul, matmul_into, matmul_into_here};
+use crate::sgemm::{MatRef, matmul, matmul_into, matmul_into_here, matmul_transposing};
 use crate::{ModelError, Result};
+
+mod attention;
+pub(crate) use attention::packed_attention;
 
 /// Values per parallel task of an elementwise op.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
@@ -424,13 +427,7 @@ impl CustomOp1 for ScaledMaskedSoftmax {
             });
             dispatch(
                 #[inline(always)]
-                || {
-                    match mask_row {
-                        Some(mask) => row.iter_mut().zip(mask).for_each(|(x, &m)| *x = *x * scale + m),
-                        None => row.iter_mut().for_each(|x| *x *= scale),
-                    }
-                    softmax_in_place(row);
-                },
+                || scaled_masked_softmax_row(row, mask_row, scale),
             )
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -442,23 +439,36 @@ impl CustomOp1 for ScaledMaskedSoftmax {
     }
 }
 
+/// `row ← softmax(scale · row + mask)`, one row of attention scores.
+#[inline(always)]
+fn scaled_masked_softmax_row(row: &mut [f32], mask: Option<&[f32]>, scale: f32) {
+    match mask {
+        Some(mask) => row.iter_mut().zip(mask).for_each(|(x, &m)| *x = *x * scale + m),
+        None => row.iter_mut().for_each(|x| *x *= scale),
+    }
+    softmax_in_place(row);
+}
+
+/// An additive attention mask `[batch or 1, 1, queries, keys]` as values and its batch
+/// rows, checked against the scores' queries and keys.
+fn mask_values(mask: Option<&Tensor>, queries: usize, keys: usize) -> Result<Option<(Vec<f32>, usize)>> {
+    let Some(mask) = mask else {
+        return Ok(None);
+    };
+    let (mask_batch, one, mask_queries, mask_keys) = mask.dims4()?;
+    if one != 1 || (mask_queries, mask_keys) != (queries, keys) {
+        return Err(ModelError::Config(format!(
+            "attention mask {:?} for {queries} queries over {keys} keys",
+            mask.dims()
+        )));
+    }
+    Ok(Some((mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, mask_batch)))
+}
+
 /// Attention probabilities `softmax(scale · scores + mask)`; see [`ScaledMaskedSoftmax`].
 pub(crate) fn scaled_masked_softmax_op(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
-    let mask = match mask {
-        Some(mask) => {
-            let (mask_batch, one, queries, keys) = mask.dims4()?;
-            let (_, _, score_queries, score_keys) = scores.dims4()?;
-            if one != 1 || (queries, keys) != (score_queries, score_keys) {
-                return Err(ModelError::Config(format!(
-                    "attention mask {:?} for scores {:?}",
-                    mask.dims(),
-                    scores.dims()
-                )));
-            }
-            Some((mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, mask_batch))
-        }
-        None => None,
-    };
+    let (_, _, queries, keys) = scores.dims4()?;
+    let mask = mask_values(mask, queries, keys)?;
     Ok(scores.contiguous()?.apply_op1(ScaledMaskedSoftmax { scale: scale as f32, mask })?)
 }
 
@@ -839,7 +849,7 @@ impl LinearOp {
         bias: Option<&[f32]>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = "fused-linear";
-        let (rows, inner) = xs_layout.shape().dims2()?;
+        let (rows, inner) = rows_and_width(name, xs_layout.shape())?;
         let xs = MatRef::row_major(cpu_values(name, xs, xs_layout)?, rows, inner);
         let CpuStorage::F32(matrix_values) = matrix else {
             return Err(op_error(name, "expects an f32 matrix"));
@@ -859,7 +869,11 @@ impl LinearOp {
                 row.iter_mut().zip(bias).for_each(|(value, &bias)| *value += bias);
             });
         }
-        Ok((CpuStorage::F32(output), Shape::from((rows, out))))
+        let mut dims = xs_layout.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out;
+        }
+        Ok((CpuStorage::F32(output), Shape::from(dims)))
     }
 
     fn backward(
@@ -870,7 +884,7 @@ impl LinearOp {
         want_bias: bool,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let name = "fused-linear";
-        let (rows, inner) = xs.dims2()?;
+        let (rows, inner) = rows_and_width(name, xs.shape())?;
         let out = matrix.dim(1)?;
         let grad = grad.contiguous()?;
         let grad_xs = if xs.track_op() {
@@ -878,7 +892,7 @@ impl LinearOp {
                 with_matrix(name, matrix, |m| matmul(MatRef::row_major(g, rows, out), m.t()))
             })??
             .map_err(|e| op_error(name, e))?;
-            Some(Tensor::from_vec(dx, (rows, inner), xs.device())?)
+            Some(Tensor::from_vec(dx, xs.shape(), xs.device())?)
         } else {
             None
         };
@@ -965,22 +979,29 @@ impl CustomOp3 for LinearOp {
 /// `[inner, out]` in any strides (a transposed `[out, inner]` weight is read where it
 /// lies), with a backward pass that skips the gradients nobody wants.
 pub(crate) fn linear_op(xs: &Tensor, matrix: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let mut dims = xs.dims().to_vec();
-    let inner = dims.pop().unwrap_or(1);
-    let rows: usize = dims.iter().product();
-    let (matrix_inner, out) = matrix.dims2()?;
+    let inner = xs.dims().last().copied().unwrap_or(1);
+    let (matrix_inner, _) = matrix.dims2()?;
     if matrix_inner != inner {
         return Err(ModelError::Config(format!(
             "linear layer of {matrix_inner} inputs applied to {inner} features"
         )));
     }
-    let flat = xs.contiguous()?.reshape((rows, inner))?;
+    // The op keeps the leading dimensions itself: reshapes around it would be two more
+    // nodes of the graph, each costing a zeroed gradient and an addition in backward.
+    let xs = xs.contiguous()?;
     let output = match bias {
-        Some(bias) => flat.apply_op3(matrix, &bias.contiguous()?, LinearOp)?,
-        None => flat.apply_op2(matrix, LinearOp)?,
+        Some(bias) => xs.apply_op3(matrix, &bias.contiguous()?, LinearOp)?,
+        None => xs.apply_op2(matrix, LinearOp)?,
     };
-    dims.push(out);
-    Ok(output.reshape(dims)?)
+    Ok(output)
+}
+
+/// A `[.., width]` shape as `rows x width` (rows: the product of the leading dimensions).
+fn rows_and_width(op: &str, shape: &Shape) -> candle_core::Result<(usize, usize)> {
+    match shape.dims().split_last() {
+        Some((&width, leading)) => Ok((leading.iter().product(), width)),
+        None => Err(op_error(op, "expects at least one dimension")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1168,7 +1189,7 @@ impl CustomOp2 for TargetLogprobs {
             if single_block {
                 dhidden = matmul(d_view, weight_view).map_err(|e| op_error(name, e))?;
                 if want_weight {
-                    dweight = matmul(d_view.t(), block).map_err(|e| op_error(name, e))?;
+                    dweight = matmul_transposing(d_view.t(), block).map_err(|e| op_error(name, e))?;
                 }
                 continue;
             }

@@ -210,11 +210,28 @@ impl Gpt2 {
         xs: &Tensor,
         mask: Option<&Tensor>,
         layer_cache: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<(Tensor, Tensor)> {
+        keep_cache: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (batch, seq, hidden) = xs.dims3()?;
         let heads = self.config.n_head;
         let head_dim = hidden / heads;
         let qkv = block.c_attn.forward(xs)?;
+        // ops::attention scales by 1/sqrt(head_dim); GPT-2 can switch that off or add a
+        // per-layer factor, applied to the queries.
+        let mut correction = 1.0;
+        if !self.config.scale_attn_weights {
+            correction *= (head_dim as f64).sqrt();
+        }
+        if self.config.scale_attn_by_inverse_layer_idx {
+            correction /= (layer + 1) as f64;
+        }
+        if !keep_cache && qkv.track_op() && crate::fused::applies(&[&qkv]) {
+            // A training forward: attention is one node of the graph, and nothing is
+            // cached or recorded.
+            let scale = correction / (head_dim as f64).sqrt();
+            let output = crate::fused::packed_attention(&qkv, heads, scale, mask)?;
+            return Ok((block.c_proj.forward(&output)?, None));
+        }
         let split = |index: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(D::Minus1, index * hidden, hidden)?
@@ -230,21 +247,12 @@ impl Gpt2 {
             None => (split(1)?, split(2)?),
         };
         *layer_cache = Some((keys.clone(), values.clone()));
-        // ops::attention scales by 1/sqrt(head_dim); GPT-2 can switch that off or add a
-        // per-layer factor, applied to the queries here.
-        let mut correction = 1.0;
-        if !self.config.scale_attn_weights {
-            correction *= (head_dim as f64).sqrt();
-        }
-        if self.config.scale_attn_by_inverse_layer_idx {
-            correction /= (layer + 1) as f64;
-        }
         if correction != 1.0 {
             queries = (queries * correction)?;
         }
         let (output, probabilities) = ops::attention(&queries, &keys, &values, mask)?;
         let output = output.transpose(1, 2)?.reshape((batch, seq, hidden))?;
-        Ok((block.c_proj.forward(&output)?, probabilities))
+        Ok((block.c_proj.forward(&output)?, Some(probabilities)))
     }
 
     fn mlp(&self, block: &Block, xs: &Tensor) -> Result<Tensor> {
@@ -272,7 +280,16 @@ fn resize_rows(table: &Tensor, rows: usize) -> Result<Tensor> {
 impl Gpt2 {
     /// The hidden states after the last block (before the final layer norm),
     /// `[batch, seq, hidden]`, with `cache` extended.
-    fn last_hidden(&self, tokens: &Tensor, mask: Option<&Tensor>, cache: &mut Cache) -> Result<Tensor> {
+    /// The hidden states after the last block. Without `keep_cache` the caller drops
+    /// `cache` afterwards (a training forward): a tracked forward then runs attention as
+    /// one fused node and caches nothing.
+    fn last_hidden(
+        &self,
+        tokens: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Cache,
+        keep_cache: bool,
+    ) -> Result<Tensor> {
         let (batch, seq) = tokens.dims2()?;
         let past = cache.len;
         if cache.layers.len() != self.blocks.len() {
@@ -294,14 +311,15 @@ impl Gpt2 {
         let eps = self.config.layer_norm_epsilon;
         let mut hidden = (self.wte.forward(tokens)? + self.wpe.forward(&positions)?)?;
         let mut captured = Vec::new();
+        let keep = keep_cache || cache.attention.is_some();
         for (layer, (block, layer_cache)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             let normed = ops::layer_norm(&hidden, &block.ln_1_weight, &block.ln_1_bias, eps)?;
             let (attended, probabilities) =
-                self.attention(layer, block, &normed, attention_mask.as_ref(), layer_cache)?;
+                self.attention(layer, block, &normed, attention_mask.as_ref(), layer_cache, keep)?;
             hidden = (hidden + attended)?;
             let normed = ops::layer_norm(&hidden, &block.ln_2_weight, &block.ln_2_bias, eps)?;
             hidden = (&hidden + self.mlp(block, &normed)?)?;
-            if cache.attention.is_some() {
+            if let (Some(_), Some(probabilities)) = (&cache.attention, probabilities) {
                 captured.push(probabilities);
             }
         }
@@ -367,7 +385,7 @@ impl LanguageModel for Gpt2 {
         // Inside the pool: every parallel kernel below then runs on its workers (or
         // inline with one thread) instead of waking them from outside on every call.
         rayon::scope(|_| {
-            let hidden = self.last_hidden(tokens, mask, cache)?;
+            let hidden = self.last_hidden(tokens, mask, cache, true)?;
             let eps = self.config.layer_norm_epsilon;
             let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
             self.lm_head.forward(&hidden)
@@ -379,7 +397,7 @@ impl LanguageModel for Gpt2 {
         // Inside the pool: every parallel kernel below then runs on its workers (or
         // inline with one thread) instead of waking them from outside on every call.
         rayon::scope(|_| {
-            let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache)?)?;
+            let hidden = crate::lm::last_position(&self.last_hidden(tokens, mask, cache, true)?)?;
             let eps = self.config.layer_norm_epsilon;
             let hidden = ops::layer_norm(&hidden, &self.ln_f_weight, &self.ln_f_bias, eps)?;
             self.lm_head.forward(&hidden)
@@ -388,7 +406,7 @@ impl LanguageModel for Gpt2 {
 
     fn target_logprobs(&self, batch: &ScoringBatch) -> Result<Tensor> {
         rayon::scope(|_| {
-            let hidden = self.last_hidden(&batch.tokens, Some(&batch.mask), &mut self.new_cache())?;
+            let hidden = self.last_hidden(&batch.tokens, Some(&batch.mask), &mut self.new_cache(), false)?;
             let eps = self.config.layer_norm_epsilon;
             let hidden =
                 ops::layer_norm(&batch.scored_rows(&hidden)?, &self.ln_f_weight, &self.ln_f_bias, eps)?;

@@ -89,6 +89,32 @@ pub(crate) fn matmul(lhs: MatRef, rhs: MatRef) -> Result<Vec<f32>, String> {
     Ok(unsafe { Vec::from_raw_parts(dst.as_mut_ptr().cast::<f32>(), dst.len(), dst.capacity()) })
 }
 
+/// [`matmul`] for a `lhs` that is a transposed view with a long row stride (the output
+/// layer's `dᵀ · hidden`, `d` being `[rows, vocab]`): computed as `(rhsᵀ · lhsᵀ)`, which
+/// reads `lhs`'s memory row by row, then transposed in parallel blocks. Read column-wise,
+/// each of `dᵀ`'s elements sits on another page; on a 2-core VM, GPT-2's 50,257 x 1,024 x
+/// 384 product ran at 60-98 GMAC/s that way and at 80-109 this way (best of 5, alternating).
+pub(crate) fn matmul_transposing(lhs: MatRef, rhs: MatRef) -> Result<Vec<f32>, String> {
+    use rayon::prelude::*;
+    let (m, n) = (lhs.rows, rhs.cols);
+    let transposed = matmul(rhs.t(), lhs.t())?;
+    let mut dst = vec![0.0f32; m * n];
+    if n == 0 {
+        return Ok(dst);
+    }
+    const BLOCK_ROWS: usize = 64;
+    dst.par_chunks_mut(BLOCK_ROWS * n).enumerate().for_each(|(block, rows)| {
+        let first = block * BLOCK_ROWS;
+        let count = rows.len() / n;
+        for (column, values) in transposed.chunks_exact(m).enumerate() {
+            for (row, &value) in values[first..first + count].iter().enumerate() {
+                rows[row * n + column] = value;
+            }
+        }
+    });
+    Ok(dst)
+}
+
 /// The shape and bounds checks shared by both products.
 fn check_operands(lhs: MatRef, rhs: MatRef, dst_len: usize) -> Result<(), String> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
@@ -232,6 +258,26 @@ mod tests {
         let mut out = vec![0.0; 5 * 5];
         matmul_into(&mut out, lhs_t, MatRef::row_major(&a, 7, 5), false).unwrap();
         assert_eq!(out.len(), 25);
+    }
+
+    #[test]
+    fn the_transposing_product_equals_the_plain_one() {
+        let d: Vec<f32> = (0..130 * 9).map(|v| ((v * 7 % 23) as f32 - 11.0) * 0.125).collect();
+        let h: Vec<f32> = (0..130 * 5).map(|v| (v as f32 * 0.3).sin()).collect();
+        // dᵀ · h with d [130, 9] and h [130, 5] (9 x 5, one block of rows), and with d
+        // [130, 70] (70 x 5, two blocks).
+        let (d_view, h_view) = (MatRef::row_major(&d, 130, 9), MatRef::row_major(&h, 130, 5));
+        let close = |ours: Vec<f32>, expected: Vec<f32>| {
+            assert_eq!(ours.len(), expected.len());
+            for (x, y) in ours.iter().zip(&expected) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        };
+        close(matmul_transposing(d_view.t(), h_view).unwrap(), naive(d_view.t(), h_view));
+        let wide: Vec<f32> = (0..130 * 70).map(|v| (v % 13) as f32 - 6.0).collect();
+        let wide = MatRef::row_major(&wide, 130, 70);
+        close(matmul_transposing(wide.t(), h_view).unwrap(), naive(wide.t(), h_view));
+        assert!(matmul_transposing(d_view, h_view).is_err(), "[130, 9] x [130, 5]");
     }
 
     #[test]
