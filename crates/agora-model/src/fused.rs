@@ -1217,7 +1217,7 @@ mod tests {
 
     use super::*;
 
-    fn seeded(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    pub(super) fn seeded(shape: &[usize], seed: u64, scale: f32) -> Tensor {
         let count: usize = shape.iter().product();
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let values: Vec<f32> = (0..count)
@@ -1231,7 +1231,7 @@ mod tests {
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
-    fn assert_close(actual: &Tensor, expected: &Tensor, tolerance: f32, what: &str) {
+    pub(super) fn assert_close(actual: &Tensor, expected: &Tensor, tolerance: f32, what: &str) {
         let actual = actual.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let expected = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(actual.len(), expected.len(), "{what}");

@@ -279,10 +279,9 @@ fn resize_rows(table: &Tensor, rows: usize) -> Result<Tensor> {
 
 impl Gpt2 {
     /// The hidden states after the last block (before the final layer norm),
-    /// `[batch, seq, hidden]`, with `cache` extended.
-    /// The hidden states after the last block. Without `keep_cache` the caller drops
-    /// `cache` afterwards (a training forward): a tracked forward then runs attention as
-    /// one fused node and caches nothing.
+    /// `[batch, seq, hidden]`, with `cache` extended. Without `keep_cache` the caller
+    /// drops `cache` afterwards (a training forward): a tracked forward then runs
+    /// attention as one fused node and caches nothing.
     fn last_hidden(
         &self,
         tokens: &Tensor,

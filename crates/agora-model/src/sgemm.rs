@@ -93,7 +93,8 @@ pub(crate) fn matmul(lhs: MatRef, rhs: MatRef) -> Result<Vec<f32>, String> {
 /// layer's `dᵀ · hidden`, `d` being `[rows, vocab]`): computed as `(rhsᵀ · lhsᵀ)`, which
 /// reads `lhs`'s memory row by row, then transposed in parallel blocks. Read column-wise,
 /// each of `dᵀ`'s elements sits on another page; on a 2-core VM, GPT-2's 50,257 x 1,024 x
-/// 384 product ran at 60-98 GMAC/s that way and at 80-109 this way (best of 5, alternating).
+/// 384 product ran at 65.9-97.7 GMAC/s that way and at 80.4-109.0 this way (best of 5, six
+/// alternations).
 pub(crate) fn matmul_transposing(lhs: MatRef, rhs: MatRef) -> Result<Vec<f32>, String> {
     use rayon::prelude::*;
     let (m, n) = (lhs.rows, rhs.cols);

@@ -68,6 +68,11 @@ impl Dims {
         let start = row * self.seq * 3 * self.width() + part * self.width() + head * self.head_dim;
         MatRef::strided(&qkv[start.min(qkv.len())..], self.seq, self.head_dim, 3 * self.width(), 1)
     }
+
+    /// The queries, keys and values of head `head` of sequence `row`.
+    fn head<'a>(self, qkv: &'a [f32], row: usize, head: usize) -> [MatRef<'a>; 3] {
+        [0, 1, 2].map(|part| self.part(qkv, row, head, part))
+    }
 }
 
 impl PackedAttention {
@@ -109,11 +114,7 @@ impl PackedAttention {
             .enumerate()
             .try_for_each(|(task, (scores, output))| {
                 let (row, head) = (task / heads, task % heads);
-                let (queries, keys, values) = (
-                    dims.part(qkv, row, head, 0),
-                    dims.part(qkv, row, head, 1),
-                    dims.part(qkv, row, head, 2),
-                );
+                let [queries, keys, values] = dims.head(qkv, row, head);
                 matmul_into_here(scores, queries, keys.t()).map_err(|e| op_error(self.name(), e))?;
                 for (query, scores) in scores.chunks_exact_mut(seq).enumerate() {
                     let mask = self.mask_row(row, query, seq);
@@ -187,11 +188,7 @@ impl CustomOp1 for PackedAttention {
                         let start = row * seq * width + head * head_dim;
                         let output_grad =
                             MatRef::strided(&grad[start.min(grad.len())..], seq, head_dim, width, 1);
-                        let (queries, keys, values) = (
-                            dims.part(qkv, row, head, 0),
-                            dims.part(qkv, row, head, 1),
-                            dims.part(qkv, row, head, 2),
-                        );
+                        let [queries, keys, values] = dims.head(qkv, row, head);
                         let p = MatRef::row_major(probabilities, seq, seq);
                         let (dq, rest) = block.split_at_mut(seq * head_dim);
                         let (dk, dv) = rest.split_at_mut(seq * head_dim);
@@ -223,18 +220,12 @@ impl CustomOp1 for PackedAttention {
 mod tests {
     use candle_core::{D, Device, Var};
 
+    use super::super::tests::{assert_close, seeded};
     use super::*;
 
-    fn seeded(shape: &[usize], seed: u64) -> Tensor {
-        let count: usize = shape.iter().product();
-        let values: Vec<f32> = (0..count)
-            .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    /// The same attention from candle's basic ops.
-    fn composed(qkv: &Tensor, heads: usize, scale: f64, mask: Option<&Tensor>) -> Tensor {
+    /// The path this op replaces in training: the projection sliced into heads, then
+    /// [`crate::ops::attention`] (which scales by `1 / sqrt(head_dim)`).
+    fn composed(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Tensor {
         let (batch, seq, packed) = qkv.dims3().unwrap();
         let width = packed / 3;
         let part = |index: usize| {
@@ -247,29 +238,8 @@ mod tests {
                 .contiguous()
                 .unwrap()
         };
-        let (q, k, v) = (part(0), part(1), part(2));
-        let mut scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * scale).unwrap();
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask).unwrap();
-        }
-        let probabilities = softmax_composed(&scores);
-        probabilities.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((batch, seq, width)).unwrap()
-    }
-
-    fn softmax_composed(xs: &Tensor) -> Tensor {
-        let max = xs.max_keepdim(D::Minus1).unwrap();
-        let exp = xs.broadcast_sub(&max).unwrap().exp().unwrap();
-        exp.broadcast_div(&exp.sum_keepdim(D::Minus1).unwrap()).unwrap()
-    }
-
-    fn assert_close(ours: &Tensor, expected: &Tensor, what: &str) {
-        let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let expected = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(ours.len(), expected.len(), "{what}");
-        let largest = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-        for (index, (x, y)) in ours.iter().zip(&expected).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * largest, "{what}[{index}]: {x} vs {y} (largest {largest})");
-        }
+        let (output, _) = crate::ops::attention(&part(0), &part(1), &part(2), mask).unwrap();
+        output.transpose(1, 2).unwrap().reshape((batch, seq, width)).unwrap()
     }
 
     #[test]
@@ -288,16 +258,18 @@ mod tests {
         }
         let mask = Tensor::from_vec(mask, (batch, 1, seq, seq), &Device::Cpu).unwrap();
         for mask in [None, Some(&mask)] {
-            let qkv = Var::from_tensor(&seeded(&[batch, seq, 3 * width], 3)).unwrap();
-            let weights = seeded(&[batch, seq, width], 11);
-            let ours = packed_attention(qkv.as_tensor(), heads, 0.7, mask).unwrap();
-            let expected = composed(qkv.as_tensor(), heads, 0.7, mask);
-            assert_close(&ours, &expected, "output");
+            let qkv = Var::from_tensor(&seeded(&[batch, seq, 3 * width], 3, 1.0)).unwrap();
+            let weights = seeded(&[batch, seq, width], 11, 1.0);
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let ours = packed_attention(qkv.as_tensor(), heads, scale, mask).unwrap();
+            let expected = composed(qkv.as_tensor(), heads, mask);
+            assert_close(&ours, &expected, 1e-5, "output");
             let ours_grad = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             let expected_grad = (expected * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             assert_close(
                 ours_grad.get(qkv.as_tensor()).unwrap(),
                 expected_grad.get(qkv.as_tensor()).unwrap(),
+                1e-5,
                 "gradient",
             );
         }
@@ -305,9 +277,9 @@ mod tests {
 
     #[test]
     fn a_projection_that_does_not_split_into_heads_is_an_error() {
-        let qkv = seeded(&[1, 2, 10], 1);
+        let qkv = seeded(&[1, 2, 10], 1, 1.0);
         assert!(packed_attention(&qkv, 3, 1.0, None).is_err());
         let mask = Tensor::zeros((1, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(packed_attention(&seeded(&[1, 2, 12], 1), 2, 1.0, Some(&mask)).is_err());
+        assert!(packed_attention(&seeded(&[1, 2, 12], 1, 1.0), 2, 1.0, Some(&mask)).is_err());
     }
 }
